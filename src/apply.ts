@@ -1,0 +1,166 @@
+// Carrying out steps. Setup journals steps before running them and batches
+// consecutive `ip` lines into one process; teardown runs undo actions in
+// reverse, tolerating "already undone" so replaying it is always safe.
+
+import { writeFileSync } from 'node:fs';
+import { execa } from 'execa';
+import { PodtapError } from './errors.ts';
+import { ipBatch } from './ip.ts';
+import type { Journal } from './journal.ts';
+import type { Logger } from './log.ts';
+import type { Action, Step, TapSpec } from './steps.ts';
+
+export interface Runtime {
+  /** Opens the TAP queues; the fds stay with podtap until teardown. */
+  openTap(spec: TapSpec): number[];
+  log: Logger;
+}
+
+/** Set by tests only: PODTAP_FAULT=setup:K:before|after or teardown:K:before|after kills podtap at step K. */
+export interface Fault {
+  phase: 'setup' | 'teardown';
+  step: number;
+  when: 'before' | 'after';
+}
+
+export function parseFault(raw: string | undefined): Fault | undefined {
+  if (!raw) return undefined;
+  const m = /^(setup|teardown):(\d+):(before|after)$/.exec(raw);
+  if (!m) throw new PodtapError('usage', `PODTAP_FAULT is ${JSON.stringify(raw)}`, 'use setup:K:before|after or teardown:K:before|after (tests only)');
+  return { phase: m[1] as Fault['phase'], step: Number(m[2]), when: m[3] as Fault['when'] };
+}
+
+function die(): never {
+  // The point is to die without any cleanup, as a kill -9 or OOM kill would.
+  process.kill(process.pid, 'SIGKILL');
+  throw new Error('unreachable');
+}
+
+export class StepFailure extends PodtapError {
+  readonly stepId: string;
+  constructor(stepId: string, detail: string, cause?: unknown) {
+    super('apply', `setting up failed at step ${stepId}: ${detail}`, 'nothing was left changed; fix the cause above and retry', cause);
+    this.stepId = stepId;
+  }
+}
+
+async function runNft(script: string): Promise<string | undefined> {
+  const r = await execa('nft', ['-f', '-'], { input: script, reject: false });
+  if ((r as any).code === 'ENOENT') return 'the `nft` command (nftables) is not installed';
+  return r.exitCode === 0 ? undefined : String(r.stderr).trim() || `nft exited ${r.exitCode}`;
+}
+
+function writeSysctl(key: string, value: string): void {
+  writeFileSync(`/proc/sys/${key}`, value);
+}
+
+/** Runs the do-actions of steps in order, one `ip -batch` per run of consecutive ip lines. */
+async function execute(steps: Step[], rt: Runtime, tapFds: number[]): Promise<void> {
+  let lines: { line: string; step: Step }[] = [];
+  const flush = async () => {
+    if (!lines.length) return;
+    const batch = lines;
+    lines = [];
+    const failures = await ipBatch(batch.map((l) => l.line));
+    if (failures.length) {
+      const f = failures[0]!;
+      const step = batch[f.line]?.step ?? batch[0]!.step;
+      throw new StepFailure(step.id, `ip ${f.command}: ${f.message}`);
+    }
+  };
+  for (const step of steps) {
+    for (const a of step.do) {
+      if ('ip' in a) {
+        lines.push({ line: a.ip, step });
+        continue;
+      }
+      await flush();
+      try {
+        if ('sysctl' in a) writeSysctl(a.sysctl, a.value);
+        else if ('nft' in a) {
+          const err = await runNft(a.nft);
+          if (err) throw new StepFailure(step.id, `nft: ${err}`);
+        } else if ('tap' in a) tapFds.push(...rt.openTap(a.tap));
+      } catch (e) {
+        if (e instanceof PodtapError) throw e;
+        throw new StepFailure(step.id, (e as Error).message, e);
+      }
+    }
+  }
+  await flush();
+}
+
+/**
+ * Applies the plan, journaled write-ahead. Normally the whole plan is
+ * recorded in one write and run with as few processes as possible; with a
+ * fault injected, each step is recorded and applied alone so a crash can land
+ * between any two.
+ */
+export async function applyPlan(steps: Step[], journal: Journal, rt: Runtime, fault?: Fault): Promise<number[]> {
+  const fds: number[] = [];
+  if (!fault || fault.phase !== 'setup') {
+    journal.record(steps);
+    await execute(steps, rt, fds);
+    return fds;
+  }
+  for (let k = 0; k < steps.length; k++) {
+    journal.record([steps[k]!]);
+    if (k === fault.step && fault.when === 'before') die();
+    await execute([steps[k]!], rt, fds);
+    if (k === fault.step && fault.when === 'after') die();
+  }
+  return fds;
+}
+
+// Messages that mean the undo has nothing left to do: the thing is already
+// gone or already restored. Anything else is a real failure.
+const ALREADY = /Cannot find device|No such device|No such process|No such file or directory|Cannot assign requested address|does not exist|not enslaved/i;
+
+export interface UndoReport {
+  failures: string[];
+}
+
+/** Replays the undo actions of steps, last step first. Safe to run any number of times. */
+export async function undoSteps(steps: Step[], rt: Pick<Runtime, 'log'>, fault?: Fault): Promise<UndoReport> {
+  const failures: string[] = [];
+  let lines: { line: string; step: Step }[] = [];
+  const flush = async () => {
+    if (!lines.length) return;
+    const batch = lines;
+    lines = [];
+    for (const f of await ipBatch(batch.map((l) => l.line), { force: true })) {
+      if (ALREADY.test(f.message)) rt.log('debug', 'already undone', { command: f.command, message: f.message });
+      else failures.push(`${batch[f.line]?.step.id ?? '?'}: ip ${f.command}: ${f.message}`);
+    }
+  };
+  const reversed = [...steps].reverse();
+  for (let k = 0; k < reversed.length; k++) {
+    const step = reversed[k]!;
+    const faulty = fault?.phase === 'teardown' && fault.step === k;
+    if (faulty) await flush();
+    if (faulty && fault.when === 'before') die();
+    for (const a of step.undo) {
+      if ('ip' in a) {
+        lines.push({ line: a.ip, step });
+        continue;
+      }
+      await flush();
+      if ('sysctl' in a) {
+        try {
+          writeSysctl(a.sysctl, a.value);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') failures.push(`${step.id}: sysctl ${a.sysctl}=${a.value}: ${(e as Error).message}`);
+        }
+      } else if ('nft' in a) {
+        const err = await runNft(a.nft);
+        if (err) failures.push(`${step.id}: nft: ${err}`);
+      }
+    }
+    if (faulty) {
+      await flush();
+      die();
+    }
+  }
+  await flush();
+  return { failures };
+}

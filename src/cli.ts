@@ -1,0 +1,192 @@
+// The command line: parse, dispatch, and turn every error into one message
+// and an exit status. Logs go to stderr; stdout carries only JSON meant for
+// programs (inspect's report, the ready line).
+
+import { spawn } from 'node:child_process';
+import { PodtapError } from './errors.ts';
+import { parseFault } from './apply.ts';
+import { createLogger, type Logger } from './log.ts';
+import { parseOptions, SPECS, type Options } from './options.ts';
+import { discover } from './discover.ts';
+import { primaryIpv4 } from './plan.ts';
+import { down, setUp, tearDown, type Session } from './lifecycle.ts';
+import { serve, type Serving } from './serve.ts';
+
+export const VERSION = '0.1.0';
+
+function helpText(): string {
+  const lines = [
+    'podtap: give a VM inside a pod the pod\'s own network',
+    '',
+    'usage:',
+    '  podtap inspect [--interface IF]        print what podtap found, as JSON; changes nothing',
+    '  podtap up [options]                    set up br0 + tap0 + DHCP, print a ready line, serve until SIGTERM',
+    '  podtap run [options] -- VMM ARGS...    like up, then spawn the VMM with the TAP fds at 3, 4, ...',
+    '  podtap down [--state-dir DIR]          restore the namespace from the journal (after a crash)',
+    '  podtap exec --fd-socket PATH -- VMM... fetch the TAP fds from `up --fd-socket` and exec the VMM',
+    '',
+    'VMM argument placeholders: {fd} {fds} {fds_csv} {mac} {mtu} {tap} {bridge} {queues} {vectors} {ch_queues}',
+    '',
+    'options (each also as an environment variable):',
+  ];
+  for (const s of SPECS) {
+    const flag = `--${s.flag}${s.valueName ? ' ' + s.valueName : ''}`;
+    lines.push(`  ${flag.padEnd(28)} ${s.env.padEnd(24)} ${s.help}`);
+  }
+  lines.push('  --help, --version');
+  return lines.join('\n') + '\n';
+}
+
+function waitForSignal(onSignal: (sig: NodeJS.Signals) => void): () => void {
+  const handler = (sig: NodeJS.Signals) => onSignal(sig);
+  process.on('SIGTERM', handler);
+  process.on('SIGINT', handler);
+  return () => {
+    process.off('SIGTERM', handler);
+    process.off('SIGINT', handler);
+  };
+}
+
+async function inspect(opts: Options): Promise<number> {
+  const { pod } = await discover({ ...(opts.interface ? { interface: opts.interface } : {}), resolvConf: opts.resolvConf });
+  const v4 = primaryIpv4(pod.addresses);
+  const report = {
+    interface: pod.link.name,
+    mac: pod.link.mac,
+    mtu: pod.link.mtu,
+    vm: v4 ? { mac: pod.link.mac, ip: `${v4.local}/${v4.prefixlen}` } : null,
+    ipv4: pod.addresses.filter((a) => a.family === 'inet'),
+    ipv6: pod.addresses.filter((a) => a.family === 'inet6'),
+    routes: pod.routes,
+    neighbours: pod.neighbours,
+    dns: pod.dns,
+    hostname: pod.hostname,
+    sysctls: pod.sysctls,
+  };
+  process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+  return 0;
+}
+
+/** up and run share everything up to the hand-over. */
+async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log: Logger): Promise<number> {
+  const fault = parseFault(process.env.PODTAP_FAULT);
+  let stop: NodeJS.Signals | undefined;
+  let child: ReturnType<typeof spawn> | undefined;
+  let wake: (() => void) | undefined;
+  // Installed before anything changes: a signal during setup is remembered,
+  // setup finishes its current step, and everything is torn down. Later
+  // signals (a second SIGTERM during teardown) are absorbed, never fatal.
+  const unhook = waitForSignal((sig) => {
+    if (child && child.exitCode === null && child.signalCode === null) {
+      log('info', `forwarding ${sig} to the VMM`, { pid: child.pid });
+      child.kill(sig);
+      return;
+    }
+    if (stop) {
+      log('info', `${sig} again: teardown is already under way`);
+      return;
+    }
+    stop = sig;
+    log('info', `${sig}: tearing down`);
+    wake?.();
+  });
+
+  let session: Session | undefined;
+  let serving: Serving | undefined;
+  let exitCode = 0;
+  try {
+    session = await setUp(opts, log, fault, { stopRequested: () => stop !== undefined });
+    if (!stop) {
+      serving = await serve(session, opts, log);
+      const ready = {
+        event: 'ready',
+        mac: session.vm.mac,
+        ip: session.vm.ip,
+        ...(session.vm.gateway ? { gateway: session.vm.gateway } : {}),
+        mtu: session.vm.mtu,
+        bridge: opts.bridge,
+        tap: opts.tap,
+        queues: opts.queues,
+        linkLocal: session.linkLocal,
+        ...serving.readyFields,
+        timings: Object.fromEntries(Object.entries(session.timings).map(([k, v]) => [k, Math.round(v * 100) / 100])),
+      };
+      process.stdout.write(JSON.stringify(ready) + '\n');
+      log('info', 'ready', { vm: session.vm.ip, mac: session.vm.mac, adopted: session.adopted });
+    }
+    if (!stop && command === 'run') {
+      child = serving!.spawnVmm(vmm);
+      exitCode = await new Promise<number>((resolve) => {
+        child!.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? signalNumber(signal) : 0)));
+        child!.on('error', (e) => {
+          log('error', `cannot start the VMM ${vmm[0]}: ${e.message}`);
+          resolve(127);
+        });
+      });
+      log(exitCode === 0 ? 'info' : 'warn', 'the VMM exited', { status: exitCode });
+    } else if (!stop) {
+      // Nothing else may hold the event loop open (no DHCP, no sockets):
+      // a timer keeps podtap in the foreground until the signal.
+      const keepAlive = setInterval(() => {}, 1 << 30);
+      await new Promise<void>((resolve) => (wake = resolve));
+      clearInterval(keepAlive);
+    }
+  } finally {
+    try {
+      if (serving) await serving.close();
+      if (session) {
+        await tearDown(session.journal, log, fault);
+        log('info', 'namespace restored');
+      }
+    } finally {
+      session?.lock.release();
+      unhook();
+    }
+  }
+  return exitCode;
+}
+
+function signalNumber(sig: NodeJS.Signals): number {
+  return ({ SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGTERM: 15 } as Record<string, number>)[sig] ?? 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let log: Logger = createLogger('text');
+  try {
+    const parsed = parseOptions(argv);
+    if (parsed.command === 'help') {
+      process.stdout.write(helpText());
+      return 0;
+    }
+    if (parsed.command === 'version') {
+      process.stdout.write(`podtap ${VERSION}\n`);
+      return 0;
+    }
+    const opts = parsed.options;
+    log = createLogger(opts.logFormat, opts.logLevel);
+    switch (parsed.command) {
+      case 'inspect':
+        return await inspect(opts);
+      case 'up':
+      case 'run':
+        return await upOrRun(parsed.command, opts, parsed.vmm, log);
+      case 'down': {
+        const result = await down(opts, log, parseFault(process.env.PODTAP_FAULT));
+        log('info', result === 'nothing' ? `nothing to restore: no journal in ${opts.stateDir}` : 'namespace restored');
+        return 0;
+      }
+      case 'exec': {
+        const { execFromSocket } = await import('./handoff/exec.ts');
+        return await execFromSocket(opts, parsed.vmm, log);
+      }
+    }
+  } catch (e) {
+    if (e instanceof PodtapError) {
+      log('error', e.describe());
+      return e.exitCode;
+    }
+    log('error', `internal error: ${(e as Error).stack ?? e}`);
+    return 70;
+  }
+}
+

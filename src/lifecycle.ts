@@ -1,0 +1,207 @@
+// podtap's life: preflight (nothing changed yet) → discover → plan → apply
+// (journaled) → serve → undo. `up`, `run` and `down` are thin shells over
+// these functions.
+
+import { randomBytes } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { applyPlan, undoSteps, type Fault } from './apply.ts';
+import { discover, observe } from './discover.ts';
+import { PodtapError } from './errors.ts';
+import { Journal, Lock, prepareStateDir } from './journal.ts';
+import type { Logger } from './log.ts';
+import type { Options } from './options.ts';
+import { plan, type VmIdentity } from './plan.ts';
+import type { TapSpec } from './steps.ts';
+import type { PodNetwork } from './model.ts';
+
+export interface Timings {
+  discovery: number;
+  plan: number;
+  apply: number;
+  tapOpen: number;
+  dhcpReady: number;
+  handoff: number;
+  total: number;
+}
+
+export interface Session {
+  journal: Journal;
+  lock: Lock;
+  pod: PodNetwork;
+  vm: VmIdentity;
+  linkLocal: string;
+  fds: number[];
+  timings: Timings;
+  adopted: boolean;
+}
+
+const CAP_NET_ADMIN = 12;
+
+/** Refusals that must happen before anything is changed. */
+export function preflight(opts: Pick<Options, 'stateDir'>, needTun: boolean): void {
+  let capEff = 0n;
+  try {
+    const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    capEff = m ? BigInt('0x' + m[1]) : 0n;
+  } catch {
+    // not Linux /proc: the kernel will refuse anyway
+  }
+  if (((capEff >> BigInt(CAP_NET_ADMIN)) & 1n) === 0n)
+    throw new PodtapError('environment', 'podtap lacks CAP_NET_ADMIN, which it needs to change the pod network', 'add the NET_ADMIN capability to the container (securityContext.capabilities.add: [NET_ADMIN])');
+  if (needTun) {
+    let ok = false;
+    try {
+      ok = statSync('/dev/net/tun').isCharacterDevice();
+    } catch {
+      ok = false;
+    }
+    if (!ok)
+      throw new PodtapError('environment', '/dev/net/tun does not exist in this container', 'give the container the tun device (a device plugin, or a /dev/net/tun hostPath with the device allowed; `mknod /dev/net/tun c 10 200` where permitted)');
+  }
+  prepareStateDir(opts.stateDir);
+}
+
+function laaMac(): string {
+  const b = randomBytes(6);
+  b[0] = (b[0]! & 0xfc) | 0x02; // unicast, locally administered
+  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+}
+
+async function loadNative() {
+  return import('./sys/native.ts');
+}
+
+export interface SetupHooks {
+  /** Polled between phases: a SIGTERM during setup stops it and tears down. */
+  stopRequested(): boolean;
+}
+
+export async function setUp(opts: Options, log: Logger, fault: Fault | undefined, hooks: SetupHooks): Promise<Session> {
+  const t0 = performance.now();
+  preflight(opts, true);
+  const lock = Lock.acquire(opts.stateDir, 'set up');
+  try {
+    const existing = Journal.load(opts.stateDir);
+    if (existing)
+      throw new PodtapError('conflict', `a journal from an earlier podtap run (pid ${existing.state.pid}, ${existing.state.createdAt}) is in ${existing.path}; the namespace may still be set up`, 'run `podtap down` to restore the namespace first');
+
+    const t1 = performance.now();
+    const { pod, observed } = await discover({ ...(opts.interface ? { interface: opts.interface } : {}), resolvConf: opts.resolvConf });
+    const t2 = performance.now();
+    const bridgeMac = laaMac();
+    const p = plan(
+      pod,
+      observed.links,
+      {
+        bridge: opts.bridge,
+        tap: opts.tap,
+        queues: opts.queues,
+        linkLocal: opts.linkLocal,
+        linkLocalExplicit: opts.linkLocal !== '169.254.75.1/32',
+        antispoof: opts.antispoof,
+        persistTap: opts.persistTap,
+        ...(opts.tapOwner ? { tapOwner: opts.tapOwner } : {}),
+      },
+      { vethMac: laaMac(), bridgeMac },
+    );
+    const t3 = performance.now();
+    if (hooks.stopRequested()) throw new PodtapError('internal', 'stopped before setup began');
+
+    const native = await loadNative();
+    let tapMs = 0;
+    const journal = Journal.create(opts.stateDir, {
+      settings: { bridge: opts.bridge, tap: opts.tap, queues: opts.queues, persistTap: opts.persistTap, antispoof: opts.antispoof },
+      pod,
+      vm: p.vm,
+      linkLocal: p.linkLocal,
+      bridgeMac,
+      steps: [],
+    });
+    const openTap = (spec: TapSpec): number[] => {
+      const s = performance.now();
+      const fds = native.openTap(spec.name, { queues: spec.queues, vnetHdr: true, multiQueue: spec.queues > 1 });
+      try {
+        if (spec.owner) {
+          native.setTapOwner(fds[0]!, spec.owner.uid);
+          if (spec.owner.gid !== undefined) native.setTapGroup(fds[0]!, spec.owner.gid);
+        }
+        if (spec.persist) native.setTapPersist(fds[0]!, true);
+      } catch (e) {
+        native.closeAllQuietly(fds);
+        throw e;
+      }
+      tapMs += performance.now() - s;
+      return fds;
+    };
+    let fds: number[] = [];
+    try {
+      fds = await applyPlan(p.steps, journal, { openTap, log }, fault);
+    } catch (e) {
+      log('error', 'setup failed, restoring the namespace', { error: (e as Error).message });
+      native.closeAllQuietly(fds);
+      const report = await undoSteps(journal.state.steps, { log });
+      if (report.failures.length) {
+        log('error', 'restore after the failed setup was incomplete; the journal is kept for `podtap down`', { failures: report.failures });
+      } else journal.remove();
+      throw e;
+    }
+    const t4 = performance.now();
+    journal.setPhase('ready');
+    return {
+      journal,
+      lock,
+      pod,
+      vm: p.vm,
+      linkLocal: p.linkLocal,
+      fds,
+      adopted: false,
+      timings: { discovery: t2 - t1, plan: t3 - t2, apply: t4 - t3 - tapMs, tapOpen: tapMs, dhcpReady: 0, handoff: 0, total: t4 - t0 },
+    };
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
+}
+
+/** Restores the namespace from the journal; keeps the journal if anything could not be restored. */
+export async function tearDown(journal: Journal, log: Logger, fault?: Fault): Promise<void> {
+  if (journal.state.phase !== 'teardown') journal.setPhase('teardown');
+  const report = await undoSteps(journal.state.steps, { log }, fault);
+  if (report.failures.length)
+    throw new PodtapError('teardown', `restoring the namespace was incomplete:\n  ${report.failures.join('\n  ')}`, `the journal ${journal.path} is kept: fix the cause and run \`podtap down\` again`);
+  await settleIpv6(journal, log);
+  journal.remove();
+}
+
+/**
+ * Re-added IPv6 addresses go through duplicate address detection; the
+ * namespace is only "as it was" once they are no longer tentative.
+ */
+async function settleIpv6(journal: Journal, log: Logger): Promise<void> {
+  const dev = journal.state.pod.link.name;
+  if (!journal.state.pod.addresses.some((a) => a.family === 'inet6')) return;
+  const deadline = Date.now() + 5000;
+  while (Date.now() < deadline) {
+    const obs = await observe();
+    const tentative = (obs.addresses.get(dev) ?? []).some((a) => a.family === 'inet6' && a.flags.includes('tentative'));
+    if (!tentative) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  log('warn', 'IPv6 addresses are still tentative after 5 s', { interface: dev });
+}
+
+/** `podtap down`: restore after a crash. Nothing to do is not an error. */
+export async function down(opts: Pick<Options, 'stateDir'>, log: Logger, fault?: Fault): Promise<'restored' | 'nothing'> {
+  prepareStateDir(opts.stateDir);
+  const lock = Lock.acquire(opts.stateDir, 'restore the namespace');
+  try {
+    const journal = Journal.load(opts.stateDir);
+    if (!journal) return 'nothing';
+    journal.own();
+    await tearDown(journal, log, fault);
+    return 'restored';
+  } finally {
+    lock.release();
+  }
+}
