@@ -5,15 +5,23 @@
 import { writeFileSync } from 'node:fs';
 import { execa } from 'execa';
 import { PodtapError } from './errors.ts';
-import { ipBatch } from './ip.ts';
+import { ipBatch, type BatchFailure } from './ip.ts';
 import type { Journal } from './journal.ts';
 import type { Logger } from './log.ts';
 import type { Action, Step, TapSpec } from './steps.ts';
+
+/** The kernel-facing effects, injectable so ordering is unit-tested without root. */
+export interface Effects {
+  ipBatch(lines: string[], opts?: { force?: boolean }): Promise<BatchFailure[]>;
+  nft(script: string): Promise<string | undefined>; // error text, or undefined on success
+  sysctl(key: string, value: string): void;
+}
 
 export interface Runtime {
   /** Opens the TAP queues; the fds stay with podtap until teardown. */
   openTap(spec: TapSpec): number[];
   log: Logger;
+  effects?: Effects;
 }
 
 /** Set by tests only: PODTAP_FAULT=setup:K:before|after or teardown:K:before|after kills podtap at step K. */
@@ -50,18 +58,23 @@ async function runNft(script: string): Promise<string | undefined> {
   return r.exitCode === 0 ? undefined : String(r.stderr).trim() || `nft exited ${r.exitCode}`;
 }
 
-function writeSysctl(key: string, value: string): void {
-  writeFileSync(`/proc/sys/${key}`, value);
-}
+export const kernel: Effects = {
+  ipBatch,
+  nft: runNft,
+  sysctl(key, value) {
+    writeFileSync(`/proc/sys/${key}`, value);
+  },
+};
 
 /** Runs the do-actions of steps in order, one `ip -batch` per run of consecutive ip lines. */
 async function execute(steps: Step[], rt: Runtime, tapFds: number[]): Promise<void> {
+  const fx = rt.effects ?? kernel;
   let lines: { line: string; step: Step }[] = [];
   const flush = async () => {
     if (!lines.length) return;
     const batch = lines;
     lines = [];
-    const failures = await ipBatch(batch.map((l) => l.line));
+    const failures = await fx.ipBatch(batch.map((l) => l.line));
     if (failures.length) {
       const f = failures[0]!;
       const step = batch[f.line]?.step ?? batch[0]!.step;
@@ -76,9 +89,9 @@ async function execute(steps: Step[], rt: Runtime, tapFds: number[]): Promise<vo
       }
       await flush();
       try {
-        if ('sysctl' in a) writeSysctl(a.sysctl, a.value);
+        if ('sysctl' in a) fx.sysctl(a.sysctl, a.value);
         else if ('nft' in a) {
-          const err = await runNft(a.nft);
+          const err = await fx.nft(a.nft);
           if (err) throw new StepFailure(step.id, `nft: ${err}`);
         } else if ('tap' in a) tapFds.push(...rt.openTap(a.tap));
       } catch (e) {
@@ -121,14 +134,15 @@ export interface UndoReport {
 }
 
 /** Replays the undo actions of steps, last step first. Safe to run any number of times. */
-export async function undoSteps(steps: Step[], rt: Pick<Runtime, 'log'>, fault?: Fault): Promise<UndoReport> {
+export async function undoSteps(steps: Step[], rt: Pick<Runtime, 'log' | 'effects'>, fault?: Fault): Promise<UndoReport> {
+  const fx = rt.effects ?? kernel;
   const failures: string[] = [];
   let lines: { line: string; step: Step }[] = [];
   const flush = async () => {
     if (!lines.length) return;
     const batch = lines;
     lines = [];
-    for (const f of await ipBatch(batch.map((l) => l.line), { force: true })) {
+    for (const f of await fx.ipBatch(batch.map((l) => l.line), { force: true })) {
       if (ALREADY.test(f.message)) rt.log('debug', 'already undone', { command: f.command, message: f.message });
       else failures.push(`${batch[f.line]?.step.id ?? '?'}: ip ${f.command}: ${f.message}`);
     }
@@ -147,12 +161,12 @@ export async function undoSteps(steps: Step[], rt: Pick<Runtime, 'log'>, fault?:
       await flush();
       if ('sysctl' in a) {
         try {
-          writeSysctl(a.sysctl, a.value);
+          fx.sysctl(a.sysctl, a.value);
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code !== 'ENOENT') failures.push(`${step.id}: sysctl ${a.sysctl}=${a.value}: ${(e as Error).message}`);
         }
       } else if ('nft' in a) {
-        const err = await runNft(a.nft);
+        const err = await fx.nft(a.nft);
         if (err) failures.push(`${step.id}: nft: ${err}`);
       }
     }

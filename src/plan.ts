@@ -7,7 +7,7 @@
 
 import { PodtapError } from './errors.ts';
 import { guardRuleset, guardRemoval } from './guard.ts';
-import { contains, networkOf, parseCidr4 } from './ipaddr.ts';
+import { contains, networkOf, parseCidr4, routeDst4 } from './ipaddr.ts';
 import type { Address, PodNetwork, Route, Link } from './model.ts';
 import { addrDel, addrRestore, neighRestore, neighSpec, routeSpec, type Step, type Action } from './steps.ts';
 
@@ -84,12 +84,17 @@ const LL_CANDIDATES = ['169.254.75.1/32', '169.254.75.2/32', '169.254.76.1/32', 
 
 function clashes(ll: string, pod: PodNetwork): boolean {
   const c = parseCidr4(ll)!;
-  const used = [
+  const v4routes = pod.routes.filter((r) => r.family === 'inet');
+  const hosts = [
     ...pod.addresses.filter((a) => a.family === 'inet').map((a) => a.local),
-    ...pod.routes.filter((r) => r.family === 'inet').flatMap((r) => [r.gateway, r.prefsrc, r.dst === 'default' ? undefined : r.dst.split('/')[0]]),
+    ...v4routes.flatMap((r) => [r.gateway, r.prefsrc]),
   ].filter((x): x is string => !!x);
-  const nets = pod.addresses.filter((a) => a.family === 'inet').map((a) => ({ address: a.local, prefixlen: a.prefixlen }));
-  return used.some((u) => contains(c, u)) || nets.some((n) => n.prefixlen > 0 && contains(n, c.address));
+  // Networks the pod reaches directly or by route, other than the default.
+  const nets = [
+    ...pod.addresses.filter((a) => a.family === 'inet').map((a) => ({ address: a.local, prefixlen: a.prefixlen })),
+    ...v4routes.filter((r) => r.dst !== 'default').map((r) => routeDst4(r.dst)),
+  ];
+  return hosts.some((h) => contains(c, h)) || nets.some((n) => n.prefixlen > 0 && (contains(n, c.address) || contains(c, n.address)));
 }
 
 export function chooseLinkLocal(pod: PodNetwork, opts: Pick<PlanOptions, 'linkLocal' | 'linkLocalExplicit'>): string {

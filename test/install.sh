@@ -1,0 +1,32 @@
+#!/bin/sh
+# Installs everything podtap's demo, tests and benchmarks need on a fresh
+# Debian 12 machine, as root: Debian packages, then npm dependencies (which
+# bring Node 24 itself). Quick when everything is already there.
+set -eu
+cd "$(dirname "$0")/.."
+
+PACKAGES="iproute2 nftables ebtables qemu-system-x86 busybox-static linux-image-amd64 \
+containernetworking-plugins isc-dhcp-client dhcpcd-base kea-admin dnsmasq-base tcpdump \
+cpio iputils-ping procps util-linux psmisc"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "test/install.sh: run as root (podtap's tests create network namespaces and install Debian packages)" >&2
+  exit 1
+fi
+
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "test/install.sh: installing Debian packages:$missing" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends $missing
+fi
+
+# npm ci when node_modules is missing or older than the lock file.
+if [ ! -x node_modules/.bin/node ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "test/install.sh: installing npm dependencies" >&2
+  npm ci --no-audit --no-fund
+fi
