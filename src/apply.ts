@@ -5,7 +5,7 @@
 import { writeFileSync } from 'node:fs';
 import { execa } from 'execa';
 import { PodtapError } from './errors.ts';
-import { ipBatch, type BatchFailure } from './ip.ts';
+import { ipBatch, ipJsonBatch, type BatchFailure } from './ip.ts';
 import type { Journal } from './journal.ts';
 import type { Logger } from './log.ts';
 import type { Action, Step, TapSpec } from './steps.ts';
@@ -15,6 +15,8 @@ export interface Effects {
   ipBatch(lines: string[], opts?: { force?: boolean }): Promise<BatchFailure[]>;
   nft(script: string): Promise<string | undefined>; // error text, or undefined on success
   sysctl(key: string, value: string): void;
+  /** Waits until no IPv6 address is tentative (duplicate address detection done). */
+  settle(): Promise<void>;
 }
 
 export interface Runtime {
@@ -63,6 +65,14 @@ export const kernel: Effects = {
   nft: runNft,
   sysctl(key, value) {
     writeFileSync(`/proc/sys/${key}`, value);
+  },
+  async settle() {
+    const deadline = Date.now() + 5000;
+    while (Date.now() < deadline) {
+      const [tentative = []] = await ipJsonBatch(['addr show tentative']);
+      if (!tentative.some((l: any) => (l.addr_info ?? []).some((a: any) => a.family === 'inet6' && a.tentative))) return;
+      await new Promise((r) => setTimeout(r, 50));
+    }
   },
 };
 
@@ -129,6 +139,11 @@ export async function applyPlan(steps: Step[], journal: Journal, rt: Runtime, fa
 // gone or already restored. Anything else is a real failure.
 const ALREADY = /Cannot find device|No such device|No such process|No such file or directory|Cannot assign requested address|does not exist|not enslaved/i;
 
+// A re-added IPv6 address is tentative until duplicate address detection
+// ends, and the kernel refuses it as a route's source meanwhile. Such lines
+// are retried once addresses have settled.
+const AFTER_DAD = /Invalid source address|Nexthop has invalid gateway|No route to host|Network is unreachable/i;
+
 export interface UndoReport {
   failures: string[];
 }
@@ -137,14 +152,17 @@ export interface UndoReport {
 export async function undoSteps(steps: Step[], rt: Pick<Runtime, 'log' | 'effects'>, fault?: Fault): Promise<UndoReport> {
   const fx = rt.effects ?? kernel;
   const failures: string[] = [];
+  const deferred: { line: string; step: Step }[] = [];
   let lines: { line: string; step: Step }[] = [];
   const flush = async () => {
     if (!lines.length) return;
     const batch = lines;
     lines = [];
     for (const f of await fx.ipBatch(batch.map((l) => l.line), { force: true })) {
+      const entry = batch[f.line];
       if (ALREADY.test(f.message)) rt.log('debug', 'already undone', { command: f.command, message: f.message });
-      else failures.push(`${batch[f.line]?.step.id ?? '?'}: ip ${f.command}: ${f.message}`);
+      else if (entry && AFTER_DAD.test(f.message)) deferred.push(entry);
+      else failures.push(`${entry?.step.id ?? '?'}: ip ${f.command}: ${f.message}`);
     }
   };
   const reversed = [...steps].reverse();
@@ -176,5 +194,11 @@ export async function undoSteps(steps: Step[], rt: Pick<Runtime, 'log' | 'effect
     }
   }
   await flush();
+  if (deferred.length) {
+    await fx.settle();
+    for (const f of await fx.ipBatch(deferred.map((l) => l.line), { force: true })) {
+      if (!ALREADY.test(f.message)) failures.push(`${deferred[f.line]?.step.id ?? '?'}: ip ${f.command}: ${f.message}`);
+    }
+  }
   return { failures };
 }

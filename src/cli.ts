@@ -3,6 +3,8 @@
 // programs (inspect's report, the ready line).
 
 import { spawn } from 'node:child_process';
+import { rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { PodtapError } from './errors.ts';
 import { parseFault } from './apply.ts';
 import { createLogger, type Logger } from './log.ts';
@@ -112,6 +114,8 @@ async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log:
         timings: Object.fromEntries(Object.entries(session.timings).map(([k, v]) => [k, Math.round(v * 100) / 100])),
       };
       process.stdout.write(JSON.stringify(ready) + '\n');
+      // For readiness probes: present exactly while the VM's network is up.
+      writeFileSync(readyFile(opts), JSON.stringify(ready) + '\n');
       log('info', 'ready', { vm: session.vm.ip, mac: session.vm.mac, adopted: session.adopted });
     }
     if (!stop && command === 'run') {
@@ -133,6 +137,7 @@ async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log:
     }
   } finally {
     try {
+      rmSync(readyFile(opts), { force: true });
       if (serving) await serving.close();
       if (session) {
         await tearDown(session.journal, log, fault);
@@ -144,6 +149,10 @@ async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log:
     }
   }
   return exitCode;
+}
+
+function readyFile(opts: Options): string {
+  return join(opts.stateDir, 'ready');
 }
 
 function signalNumber(sig: NodeJS.Signals): number {

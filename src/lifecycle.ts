@@ -5,8 +5,8 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { applyPlan, undoSteps, type Fault } from './apply.ts';
-import { discover, observe } from './discover.ts';
+import { applyPlan, kernel, undoSteps, type Fault } from './apply.ts';
+import { discover } from './discover.ts';
 import { PodtapError } from './errors.ts';
 import { Journal, Lock, prepareStateDir } from './journal.ts';
 import type { Logger } from './log.ts';
@@ -170,25 +170,10 @@ export async function tearDown(journal: Journal, log: Logger, fault?: Fault): Pr
   const report = await undoSteps(journal.state.steps, { log }, fault);
   if (report.failures.length)
     throw new PodtapError('teardown', `restoring the namespace was incomplete:\n  ${report.failures.join('\n  ')}`, `the journal ${journal.path} is kept: fix the cause and run \`podtap down\` again`);
-  await settleIpv6(journal, log);
+  // Re-added IPv6 addresses go through duplicate address detection: the
+  // namespace is only "as it was" once none is tentative any more.
+  if (journal.state.pod.addresses.some((a) => a.family === 'inet6')) await kernel.settle();
   journal.remove();
-}
-
-/**
- * Re-added IPv6 addresses go through duplicate address detection; the
- * namespace is only "as it was" once they are no longer tentative.
- */
-async function settleIpv6(journal: Journal, log: Logger): Promise<void> {
-  const dev = journal.state.pod.link.name;
-  if (!journal.state.pod.addresses.some((a) => a.family === 'inet6')) return;
-  const deadline = Date.now() + 5000;
-  while (Date.now() < deadline) {
-    const obs = await observe();
-    const tentative = (obs.addresses.get(dev) ?? []).some((a) => a.family === 'inet6' && a.flags.includes('tentative'));
-    if (!tentative) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  log('warn', 'IPv6 addresses are still tentative after 5 s', { interface: dev });
 }
 
 /** `podtap down`: restore after a crash. Nothing to do is not an error. */

@@ -7,7 +7,7 @@
 
 import { PodtapError } from './errors.ts';
 import { guardRuleset, guardRemoval } from './guard.ts';
-import { contains, networkOf, parseCidr4, routeDst4 } from './ipaddr.ts';
+import { contains, network6, networkOf, parseCidr4, routeDst4 } from './ipaddr.ts';
 import type { Address, PodNetwork, Route, Link } from './model.ts';
 import { addrDel, addrRestore, neighRestore, neighSpec, routeSpec, type Step, type Action } from './steps.ts';
 
@@ -71,13 +71,17 @@ export function addressAddOrder(addresses: Address[]): Address[] {
   return restorable.filter((a) => !v6LinkLocal(a) || a.flags.includes('nodad') || a.flags.includes('noprefixroute'));
 }
 
-/** Kernel prefix routes that re-adding an address creates but the pod did not have (CNI ptp deletes its one). */
+/** Kernel prefix routes that re-adding an address creates but the pod did not have (CNI ptp deletes its own). */
 function strayPrefixRoutes(a: Address, routes: Route[], dev: string): string[] {
-  if (a.family !== 'inet' || a.flags.includes('noprefixroute') || a.peer || a.prefixlen === 32) return [];
-  const net = `${networkOf({ address: a.local, prefixlen: a.prefixlen })}/${a.prefixlen}`;
-  const present = routes.some((r) => r.table === 'main' && r.dst === net && r.protocol === 'kernel' && r.metric === a.metric);
+  if (a.flags.includes('noprefixroute') || a.peer) return [];
+  const v6 = a.family === 'inet6';
+  if (a.prefixlen === (v6 ? 128 : 32) || (v6 && a.scope === 'link')) return [];
+  const net = `${v6 ? network6(a.local, a.prefixlen) : networkOf({ address: a.local, prefixlen: a.prefixlen })}/${a.prefixlen}`;
+  // The kernel's metric for an IPv6 prefix route is 256 unless the address sets one.
+  const metric = a.metric ?? (v6 ? 256 : undefined);
+  const present = routes.some((r) => r.table === 'main' && r.dst === net && r.protocol === 'kernel' && r.metric === metric);
   if (present) return [];
-  return [`route del ${net} dev ${dev} table main proto kernel scope link${a.metric !== undefined ? ' metric ' + a.metric : ''}`];
+  return [`route del ${net} dev ${dev} table main proto kernel${v6 ? '' : ' scope link'}${metric !== undefined ? ' metric ' + metric : ''}`];
 }
 
 const LL_CANDIDATES = ['169.254.75.1/32', '169.254.75.2/32', '169.254.76.1/32', '169.254.77.1/32'];

@@ -49,6 +49,9 @@ function recorder(dir: string, fail?: (line: string) => string | undefined) {
     sysctl(key, value) {
       events.push({ effect: `sysctl ${key}=${value}`, journaled: onDisk() });
     },
+    async settle() {
+      events.push({ effect: 'settle', journaled: onDisk() });
+    },
   };
   return { fx, events };
 }
@@ -90,6 +93,19 @@ describe('journal', () => {
     const r = await undoSteps(steps, { log, effects: fx });
     expect(r.failures).toHaveLength(1);
     expect(r.failures[0]).toMatch(/^b: ip route replace default .*invalid gateway/);
+  });
+
+  it('retries lines the kernel refuses while IPv6 addresses are tentative, once they settle', async () => {
+    const steps: Step[] = [{ id: 'r', do: [], undo: [{ ip: 'route replace fd00::/64 via fd00::1 dev eth0 src fd00::5' }] }];
+    let settled = false;
+    const { fx, events } = recorder(stateDir(), () => (settled ? undefined : 'Error: Invalid source address.'));
+    const settle = fx.settle;
+    fx.settle = async () => {
+      settled = true;
+      await settle();
+    };
+    expect((await undoSteps(steps, { log, effects: fx })).failures).toEqual([]);
+    expect(events.map((e) => e.effect)).toEqual(['ip route replace fd00::/64 via fd00::1 dev eth0 src fd00::5', 'settle', 'ip route replace fd00::/64 via fd00::1 dev eth0 src fd00::5']);
   });
 
   it('stops at the failing step and names it', async () => {

@@ -1,0 +1,557 @@
+// Real pod network namespaces of each shape podtap has to handle, each with
+// its own "node" namespace standing in for the host, so nothing ever touches
+// the root namespace:
+//
+//   ptp        CNI ptp + host-local        10.22.0.2/16, /16 via gateway
+//   bridge     CNI bridge + host-local     10.21.0.2/16 on a cni0 bridge
+//   calico     by hand, Calico's layout    10.23.5.7/32, gw 169.254.1.1
+//   dualstack  CNI ptp, v4 + v6 ranges     10.24.0.2/16 + fd00:24::2/64
+//   jumbo      by hand                     MTU 9000, two addresses, metric
+//                                          route, permanent neighbour
+//
+// The CNI plugins run inside the node namespace (`ip netns exec <node>`) so
+// their host-side veth, bridge and sysctl writes land there. host-local keeps
+// its leases under the node's state directory, which goes with the node.
+//
+//   const cleanup = new Cleanup();
+//   afterAll(() => cleanup.cleanupAll());
+//   const pod = await makePod('calico', { cleanup });
+//   await pod.run(['init/podtap', 'inspect']);   // inside the pod, see netns.ts
+
+import { join } from 'node:path';
+import {
+  Cleanup,
+  createNetns,
+  netnsExists,
+  netnsPath,
+  nsStateDir,
+  podArgv,
+  randomHex,
+  renderResolvConf,
+  run,
+  runInPod,
+  setNetnsEtcFile,
+  type ResolvConf,
+  type RunOptions,
+  type RunResult,
+} from './netns.ts';
+import { waitSettled } from './snapshot.ts';
+
+export type Shape = 'ptp' | 'bridge' | 'calico' | 'dualstack' | 'jumbo';
+export const SHAPES: readonly Shape[] = ['ptp', 'bridge', 'calico', 'dualstack', 'jumbo'];
+
+export const CNI_BIN = '/usr/lib/cni';
+
+export type Family = 'inet' | 'inet6';
+
+/** An address on eth0, as `ip -j addr` reports it (lifetimes are all forever). */
+export interface PodAddress {
+  family: Family;
+  local: string;
+  prefixlen: number;
+  broadcast?: string;
+  scope: string;
+  /** Kernel's IFA_F_SECONDARY: a second address in the same subnet. */
+  secondary?: true;
+}
+
+/**
+ * A main-table route through eth0, with ip -j's field names and its habit of
+ * leaving defaults out: no `protocol` means boot, no `scope` means global.
+ */
+export interface PodRoute {
+  family: Family;
+  dst: string;
+  gateway?: string;
+  dev: string;
+  protocol?: string;
+  scope?: string;
+  prefsrc?: string;
+  metric?: number;
+  flags?: string[];
+}
+
+export interface PodNeighbour {
+  family: Family;
+  dst: string;
+  lladdr: string;
+}
+
+/** What the pod's eth0 holds, which is what the VM behind podtap should end up with. */
+export interface PodExpect {
+  mac: string;
+  mtu: number;
+  /** Everything but IPv6 link-local, in kernel order. */
+  addresses: PodAddress[];
+  /** Main table, through eth0, both families, sorted by sortRoutes(); IPv6 fe80::/64 left out. */
+  routes: PodRoute[];
+  /** Permanent entries on eth0. */
+  neighbours: PodNeighbour[];
+  gateway?: string;
+  gateway6?: string;
+  dns: ResolvConf;
+  hostname: string;
+}
+
+export interface Pod {
+  shape: Shape;
+  /** Namespace standing in for the host (the CNI host side lives here). */
+  node: string;
+  /** The pod's network namespace. */
+  pod: string;
+  ifname: 'eth0';
+  /** Host-side end of the pod's veth, in `node`. */
+  hostIfname: string;
+  /** CNI network name (CNI shapes); host-local state is <node state dir>/cni/<name>. */
+  cniNetwork?: string;
+  /** IPv4 address in `node` that the pod can ping. */
+  nodeAddr: string;
+  /** IPv6 address in `node` that the pod can ping (dualstack). */
+  nodeAddr6?: string;
+  /** The pod's IPv4 default gateway. */
+  gateway?: string;
+  gateway6?: string;
+  podIP: string;
+  prefix: number;
+  podIP6?: string;
+  prefix6?: number;
+  expect: PodExpect;
+  resolvConf: ResolvConf;
+  /** The resolv.conf text the pod sees at /etc/resolv.conf. */
+  resolvConfText: string;
+  hostname: string;
+  /** argv that runs `argv` inside the pod (netns, /etc files, hostname). */
+  argv(argv: readonly string[]): string[];
+  /** Runs `argv` inside the pod to completion. */
+  run(argv: readonly string[], opts?: RunOptions): Promise<RunResult>;
+  /** Deletes both namespaces and everything that belongs to them; idempotent. */
+  cleanup(): Promise<void>;
+}
+
+export interface MakePodOptions {
+  /** Also registers the pod's cleanup here. */
+  cleanup?: Cleanup;
+  hostname?: string;
+  /** Kubernetes namespace, for the DNS search list. Default "default". */
+  namespace?: string;
+  /** Default true: wait for IPv6 DAD and link states in both namespaces. */
+  settle?: boolean;
+}
+
+// ---------------------------------------------------------------------------
+// Observation
+
+type Json = Record<string, unknown>;
+
+async function ipJson(ns: string, args: readonly string[]): Promise<Json[]> {
+  const r = await run('ip', ['-n', ns, '-j', ...args]);
+  return r.stdout.trim() ? (JSON.parse(r.stdout) as Json[]) : [];
+}
+
+function familyOf(addr: string): Family {
+  return addr.includes(':') ? 'inet6' : 'inet';
+}
+
+const byText = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+
+/** Canonical order for route lists: family, destination, metric. */
+export function sortRoutes<T extends PodRoute>(routes: readonly T[]): T[] {
+  return [...routes].sort(
+    (a, b) => byText(a.family, b.family) || byText(a.dst, b.dst) || (a.metric ?? 0) - (b.metric ?? 0),
+  );
+}
+
+/** Reads eth0 (or `ifname`) of a namespace in the shapes PodExpect uses. */
+export async function observePod(
+  ns: string,
+  ifname = 'eth0',
+): Promise<Pick<PodExpect, 'mac' | 'mtu' | 'addresses' | 'routes' | 'neighbours'>> {
+  const [links, r4, r6, neigh] = await Promise.all([
+    ipJson(ns, ['addr', 'show', 'dev', ifname]),
+    ipJson(ns, ['-4', 'route', 'show', 'table', 'main', 'dev', ifname]),
+    ipJson(ns, ['-6', 'route', 'show', 'table', 'main', 'dev', ifname]),
+    ipJson(ns, ['neigh', 'show', 'nud', 'permanent', 'dev', ifname]),
+  ]);
+  const link = links[0];
+  if (!link) throw new Error(`${ns}: no ${ifname}`);
+  const addresses = ((link.addr_info ?? []) as Json[])
+    .filter((a) => !(a.family === 'inet6' && a.scope === 'link'))
+    .map((a): PodAddress => ({
+      family: a.family as Family,
+      local: String(a.local),
+      prefixlen: Number(a.prefixlen),
+      ...(a.broadcast !== undefined ? { broadcast: String(a.broadcast) } : {}),
+      scope: String(a.scope),
+      ...(a.secondary === true ? { secondary: true as const } : {}),
+    }));
+  // `dev X` filters the output, and ip then leaves `dev` out of each route.
+  const route = (family: Family) => (r: Json): PodRoute => ({
+    family,
+    dst: String(r.dst),
+    ...(r.gateway !== undefined ? { gateway: String(r.gateway) } : {}),
+    dev: ifname,
+    ...(r.protocol !== undefined ? { protocol: String(r.protocol) } : {}),
+    ...(r.scope !== undefined ? { scope: String(r.scope) } : {}),
+    ...(r.prefsrc !== undefined ? { prefsrc: String(r.prefsrc) } : {}),
+    ...(r.metric !== undefined ? { metric: Number(r.metric) } : {}),
+    ...(Array.isArray(r.flags) && r.flags.length ? { flags: r.flags as string[] } : {}),
+  });
+  const routes = sortRoutes([
+    ...r4.map(route('inet')),
+    ...r6.map(route('inet6')).filter((r) => r.dst !== 'fe80::/64'),
+  ]);
+  return {
+    mac: String(link.address),
+    mtu: Number(link.mtu),
+    addresses,
+    routes,
+    neighbours: neigh.map((n) => ({ family: familyOf(String(n.dst)), dst: String(n.dst), lladdr: String(n.lladdr) })),
+  };
+}
+
+async function linkMac(ns: string, ifname: string): Promise<string> {
+  const [l] = await ipJson(ns, ['link', 'show', 'dev', ifname]);
+  if (!l) throw new Error(`${ns}: no ${ifname}`);
+  return String(l.address);
+}
+
+// ---------------------------------------------------------------------------
+// CNI
+
+interface CniResult {
+  interfaces?: { name: string; mac?: string; sandbox?: string }[];
+  ips?: { interface?: number; address: string; gateway?: string }[];
+}
+
+async function cni(
+  command: 'ADD' | 'DEL',
+  conf: Json & { type: string },
+  node: string,
+  pod: string,
+  containerId: string,
+): Promise<CniResult> {
+  const r = await run('ip', ['netns', 'exec', node, join(CNI_BIN, conf.type)], {
+    input: JSON.stringify(conf),
+    env: {
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: containerId,
+      CNI_NETNS: netnsPath(pod),
+      CNI_IFNAME: 'eth0',
+      CNI_PATH: CNI_BIN,
+    },
+    reject: false,
+  });
+  if (r.exitCode !== 0) {
+    // Plugins report errors as JSON on stdout.
+    throw new Error(`CNI ${conf.type} ${command} failed (${r.exitCode}): ${r.stdout.trim()} ${r.stderr.trim()}`);
+  }
+  return r.stdout.trim() ? (JSON.parse(r.stdout) as CniResult) : {};
+}
+
+interface Ctx {
+  id: string;
+  node: string;
+  pod: string;
+  own: Cleanup;
+}
+
+const cniNetworkName = (ctx: Ctx): string => `podtap-${ctx.id}`;
+
+/** Runs CNI ADD and registers the matching DEL (before the namespaces go). */
+async function cniAdd(ctx: Ctx, plugin: string, fields: Json, ranges: { subnet: string }[][], routes: string[]): Promise<CniResult> {
+  const conf = {
+    cniVersion: '1.0.0',
+    // host-local keeps one directory per network name: unique per pod, and
+    // under the node's state dir rather than /var/lib/cni/networks.
+    name: cniNetworkName(ctx),
+    type: plugin,
+    ...fields,
+    ipam: {
+      type: 'host-local',
+      dataDir: join(nsStateDir(ctx.node), 'cni'),
+      ranges,
+      routes: routes.map((dst) => ({ dst })),
+    },
+  };
+  ctx.own.defer(`CNI ${plugin} DEL ${ctx.pod}`, async () => {
+    // Without the node there is nothing to release: its leases lived in the
+    // node's state dir, which went with it.
+    if (netnsExists(ctx.node)) await cni('DEL', conf, ctx.node, ctx.pod, ctx.id);
+  });
+  return cni('ADD', conf, ctx.node, ctx.pod, ctx.id);
+}
+
+function hostSide(res: CniResult): string {
+  const i = res.interfaces?.find((x) => !x.sandbox && x.name.startsWith('veth'));
+  if (!i) throw new Error(`CNI result names no host veth: ${JSON.stringify(res)}`);
+  return i.name;
+}
+
+// ---------------------------------------------------------------------------
+// Shapes
+
+interface Built {
+  hostIfname: string;
+  cniNetwork?: string;
+  nodeAddr: string;
+  nodeAddr6?: string;
+  gateway?: string;
+  gateway6?: string;
+  podIP: string;
+  prefix: number;
+  podIP6?: string;
+  prefix6?: number;
+  addresses: PodAddress[];
+  routes: PodRoute[];
+  neighbours: PodNeighbour[];
+  extraNameservers?: string[];
+}
+
+const ip = (ns: string, ...args: string[]): Promise<RunResult> => run('ip', ['-n', ns, ...args]);
+const sysctl = (ns: string, ...settings: string[]): Promise<RunResult> =>
+  run('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', ...settings]);
+
+const v4 = (dst: string, more: Partial<PodRoute> = {}): PodRoute => ({ family: 'inet', dst, dev: 'eth0', ...more });
+const v6 = (dst: string, more: Partial<PodRoute> = {}): PodRoute => ({ family: 'inet6', dst, dev: 'eth0', ...more });
+
+async function buildPtp(ctx: Ctx): Promise<Built> {
+  const res = await cniAdd(ctx, 'ptp', { ipMasq: false, mtu: 1500 }, [[{ subnet: '10.22.0.0/16' }]], ['0.0.0.0/0']);
+  // ptp replaces the kernel's connected /16 with "/16 via gateway" and adds
+  // a host route to the gateway, which lives as a /32 on the host veth.
+  return {
+    hostIfname: hostSide(res),
+    cniNetwork: cniNetworkName(ctx),
+    nodeAddr: '10.22.0.1',
+    gateway: '10.22.0.1',
+    podIP: '10.22.0.2',
+    prefix: 16,
+    addresses: [{ family: 'inet', local: '10.22.0.2', prefixlen: 16, broadcast: '10.22.255.255', scope: 'global' }],
+    routes: [
+      v4('default', { gateway: '10.22.0.1' }),
+      v4('10.22.0.0/16', { gateway: '10.22.0.1', prefsrc: '10.22.0.2' }),
+      v4('10.22.0.1', { scope: 'link', prefsrc: '10.22.0.2' }),
+    ],
+    neighbours: [],
+  };
+}
+
+async function buildBridge(ctx: Ctx): Promise<Built> {
+  // ipMasq false: masquerading would add iptables rules. The bridge plugin
+  // turns on ip_forward, which is per-namespace, so only the node's changes.
+  const res = await cniAdd(
+    ctx,
+    'bridge',
+    { bridge: 'cni0', isGateway: true, ipMasq: false, hairpinMode: false, mtu: 1500 },
+    [[{ subnet: '10.21.0.0/16' }]],
+    ['0.0.0.0/0'],
+  );
+  return {
+    hostIfname: hostSide(res),
+    cniNetwork: cniNetworkName(ctx),
+    nodeAddr: '10.21.0.1',
+    gateway: '10.21.0.1',
+    podIP: '10.21.0.2',
+    prefix: 16,
+    addresses: [{ family: 'inet', local: '10.21.0.2', prefixlen: 16, broadcast: '10.21.255.255', scope: 'global' }],
+    routes: [
+      v4('default', { gateway: '10.21.0.1' }),
+      v4('10.21.0.0/16', { protocol: 'kernel', scope: 'link', prefsrc: '10.21.0.2' }),
+    ],
+    neighbours: [],
+  };
+}
+
+async function buildCalico(ctx: Ctx): Promise<Built> {
+  const { node, pod } = ctx;
+  const host = `cali${randomHex(6).slice(0, 11)}`;
+  // No dummy driver on this kernel: a carrier-less tun stands in for the
+  // node's uplink. It carries the node address and the default route, which
+  // proxy ARP needs: the node only answers for 169.254.1.1 if it has a route
+  // to it through some other interface.
+  await run('ip', ['-n', node, 'tuntap', 'add', 'dev', 'ens4', 'mode', 'tun']);
+  await ip(node, 'addr', 'add', '10.23.0.1/24', 'dev', 'ens4');
+  await ip(node, 'link', 'set', 'ens4', 'up');
+  await ip(node, 'route', 'add', 'default', 'dev', 'ens4');
+  await ip(node, 'link', 'add', host, 'mtu', '1450', 'type', 'veth', 'peer', 'name', 'eth0', 'mtu', '1450', 'netns', pod);
+  await ip(node, 'link', 'set', host, 'address', 'ee:ee:ee:ee:ee:ee');
+  await sysctl(node, 'net.ipv4.ip_forward=1', `net.ipv4.conf.${host}.proxy_arp=1`, `net.ipv4.neigh.${host}.proxy_delay=0`);
+  await ip(node, 'link', 'set', host, 'up');
+  await ip(node, 'route', 'add', '10.23.5.7/32', 'dev', host, 'scope', 'link');
+  await ip(pod, 'addr', 'add', '10.23.5.7/32', 'dev', 'eth0');
+  await ip(pod, 'link', 'set', 'eth0', 'up');
+  await ip(pod, 'route', 'add', '169.254.1.1', 'dev', 'eth0', 'scope', 'link');
+  await ip(pod, 'route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0');
+  return {
+    hostIfname: host,
+    nodeAddr: '10.23.0.1',
+    gateway: '169.254.1.1',
+    podIP: '10.23.5.7',
+    prefix: 32,
+    addresses: [{ family: 'inet', local: '10.23.5.7', prefixlen: 32, scope: 'global' }],
+    routes: [v4('default', { gateway: '169.254.1.1' }), v4('169.254.1.1', { scope: 'link' })],
+    neighbours: [],
+  };
+}
+
+async function buildDualstack(ctx: Ctx): Promise<Built> {
+  const res = await cniAdd(
+    ctx,
+    'ptp',
+    { ipMasq: false, mtu: 1500 },
+    [[{ subnet: '10.24.0.0/16' }], [{ subnet: 'fd00:24::/64' }]],
+    ['0.0.0.0/0', '::/0'],
+  );
+  return {
+    hostIfname: hostSide(res),
+    cniNetwork: cniNetworkName(ctx),
+    nodeAddr: '10.24.0.1',
+    nodeAddr6: 'fd00:24::1',
+    gateway: '10.24.0.1',
+    gateway6: 'fd00:24::1',
+    podIP: '10.24.0.2',
+    prefix: 16,
+    podIP6: 'fd00:24::2',
+    prefix6: 64,
+    addresses: [
+      { family: 'inet', local: '10.24.0.2', prefixlen: 16, broadcast: '10.24.255.255', scope: 'global' },
+      { family: 'inet6', local: 'fd00:24::2', prefixlen: 64, scope: 'global' },
+    ],
+    routes: [
+      v4('default', { gateway: '10.24.0.1' }),
+      v4('10.24.0.0/16', { gateway: '10.24.0.1', prefsrc: '10.24.0.2' }),
+      v4('10.24.0.1', { scope: 'link', prefsrc: '10.24.0.2' }),
+      v6('default', { gateway: 'fd00:24::1', metric: 1024 }),
+      v6('fd00:24::/64', { gateway: 'fd00:24::1', prefsrc: 'fd00:24::2', metric: 1024 }),
+      v6('fd00:24::1', { prefsrc: 'fd00:24::2', metric: 1024 }),
+    ],
+    neighbours: [],
+    extraNameservers: ['fd00:96::a'],
+  };
+}
+
+async function buildJumbo(ctx: Ctx): Promise<Built> {
+  const { node, pod } = ctx;
+  const host = `veth${randomHex(4)}`;
+  await ip(node, 'link', 'add', host, 'mtu', '9000', 'type', 'veth', 'peer', 'name', 'eth0', 'mtu', '9000', 'netns', pod);
+  await ip(node, 'addr', 'add', '10.26.0.1/24', 'dev', host);
+  await ip(node, 'link', 'set', host, 'up');
+  await sysctl(node, 'net.ipv4.ip_forward=1');
+  // Same subnet, so the kernel marks the second one secondary; order matters.
+  await ip(pod, 'addr', 'add', '10.26.0.10/24', 'dev', 'eth0');
+  await ip(pod, 'addr', 'add', '10.26.0.11/24', 'dev', 'eth0');
+  await ip(pod, 'link', 'set', 'eth0', 'up');
+  await ip(pod, 'route', 'add', 'default', 'via', '10.26.0.1', 'dev', 'eth0');
+  await ip(pod, 'route', 'add', '10.77.0.0/16', 'via', '10.26.0.1', 'dev', 'eth0', 'metric', '300');
+  const hostMac = await linkMac(node, host);
+  await ip(pod, 'neigh', 'add', '10.26.0.1', 'lladdr', hostMac, 'dev', 'eth0', 'nud', 'permanent');
+  return {
+    hostIfname: host,
+    nodeAddr: '10.26.0.1',
+    gateway: '10.26.0.1',
+    podIP: '10.26.0.10',
+    prefix: 24,
+    addresses: [
+      // Added without `brd`, as plain `ip addr add` does: no broadcast.
+      { family: 'inet', local: '10.26.0.10', prefixlen: 24, scope: 'global' },
+      { family: 'inet', local: '10.26.0.11', prefixlen: 24, scope: 'global', secondary: true },
+    ],
+    routes: [
+      v4('default', { gateway: '10.26.0.1' }),
+      v4('10.26.0.0/24', { protocol: 'kernel', scope: 'link', prefsrc: '10.26.0.10' }),
+      v4('10.77.0.0/16', { gateway: '10.26.0.1', metric: 300 }),
+    ],
+    neighbours: [{ family: 'inet', dst: '10.26.0.1', lladdr: hostMac }],
+  };
+}
+
+const BUILDERS: Record<Shape, (ctx: Ctx) => Promise<Built>> = {
+  ptp: buildPtp,
+  bridge: buildBridge,
+  calico: buildCalico,
+  dualstack: buildDualstack,
+  jumbo: buildJumbo,
+};
+
+// ---------------------------------------------------------------------------
+
+/** Makes a node + pod namespace pair of the given shape, for real. */
+export async function makePod(shape: Shape, opts: MakePodOptions = {}): Promise<Pod> {
+  const build = BUILDERS[shape];
+  if (!build) throw new Error(`unknown pod shape ${JSON.stringify(shape)}`);
+  const own = new Cleanup();
+  const id = randomHex(3);
+  const hostname = opts.hostname ?? `${shape}-7f9c4-${id.slice(0, 5)}`;
+  podArgv('check', hostname, ['true']); // throws on a hostname the pod could not have
+  let unregister: (() => void) | undefined;
+  const cleanup = async (): Promise<void> => {
+    await own.cleanupAll();
+    unregister?.();
+  };
+  unregister = opts.cleanup?.defer(`pod ${shape} pt-${id}`, () => own.cleanupAll());
+  try {
+    // Registration order gives cleanup order (reversed): CNI DEL, pod, node.
+    const node = await createNetns({ name: `pt-${id}-node`, cleanup: own });
+    const pod = await createNetns({ name: `pt-${id}-pod`, cleanup: own });
+    const ctx: Ctx = { id, node, pod, own };
+    const b = await build(ctx);
+
+    const k8sNs = opts.namespace ?? 'default';
+    const resolvConf: ResolvConf = {
+      nameservers: ['10.96.0.10', ...(b.extraNameservers ?? [])],
+      search: [`${k8sNs}.svc.cluster.local`, 'svc.cluster.local', 'cluster.local'],
+      options: ['ndots:5'],
+    };
+    const resolvConfText = renderResolvConf(resolvConf);
+    await setNetnsEtcFile(pod, 'resolv.conf', resolvConfText);
+    await setNetnsEtcFile(pod, 'hostname', `${hostname}\n`);
+    await setNetnsEtcFile(
+      pod,
+      'hosts',
+      '# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' +
+        `${b.podIP}\t${hostname}\n` +
+        (b.podIP6 ? `${b.podIP6}\t${hostname}\n` : ''),
+    );
+
+    if (opts.settle !== false) await Promise.all([waitSettled(node), waitSettled(pod)]);
+    const mac = await linkMac(pod, 'eth0');
+    const mtu = shape === 'jumbo' ? 9000 : shape === 'calico' ? 1450 : 1500;
+
+    return {
+      shape,
+      node,
+      pod,
+      ifname: 'eth0',
+      hostIfname: b.hostIfname,
+      ...(b.cniNetwork !== undefined ? { cniNetwork: b.cniNetwork } : {}),
+      nodeAddr: b.nodeAddr,
+      ...(b.nodeAddr6 !== undefined ? { nodeAddr6: b.nodeAddr6 } : {}),
+      ...(b.gateway !== undefined ? { gateway: b.gateway } : {}),
+      ...(b.gateway6 !== undefined ? { gateway6: b.gateway6 } : {}),
+      podIP: b.podIP,
+      prefix: b.prefix,
+      ...(b.podIP6 !== undefined ? { podIP6: b.podIP6, prefix6: b.prefix6 } : {}),
+      expect: {
+        mac,
+        mtu,
+        addresses: b.addresses,
+        routes: sortRoutes(b.routes),
+        neighbours: b.neighbours,
+        ...(b.gateway !== undefined ? { gateway: b.gateway } : {}),
+        ...(b.gateway6 !== undefined ? { gateway6: b.gateway6 } : {}),
+        dns: resolvConf,
+        hostname,
+      },
+      resolvConf,
+      resolvConfText,
+      hostname,
+      argv: (argv) => podArgv(pod, hostname, argv),
+      run: (argv, runOpts) => runInPod(pod, hostname, argv, runOpts),
+      cleanup,
+    };
+  } catch (e) {
+    await cleanup().catch((ce: unknown) => {
+      throw new AggregateError([e, ce], `makePod(${shape}) failed and so did its cleanup`);
+    });
+    throw e;
+  }
+}
