@@ -116,7 +116,6 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
       vm: p.vm,
       linkLocal: p.linkLocal,
       bridgeMac,
-      steps: [],
     });
     const openTap = (spec: TapSpec): number[] => {
       const s = performance.now();

@@ -22,6 +22,7 @@ export interface Options {
   dhcp: boolean;
   antispoof: boolean;
   qmp?: string;
+  qmpBus?: string;
   chApi?: string;
   fdSocket?: string;
   fdSocketMode: number;
@@ -55,6 +56,7 @@ export const SPECS: Spec[] = [
   { flag: 'no-dhcp', env: 'PODTAP_NO_DHCP', boolean: true, commands: SETUP, help: 'do not serve DHCP (the guest is configured some other way)' },
   { flag: 'no-antispoof', env: 'PODTAP_NO_ANTISPOOF', boolean: true, commands: SETUP, help: "let the guest send with any MAC or IPv4 source (default: only the pod's)" },
   { flag: 'qmp', env: 'PODTAP_QMP', commands: ['up'], valueName: 'PATH', help: 'hot-plug the NIC into a running QEMU through this QMP socket' },
+  { flag: 'qmp-bus', env: 'PODTAP_QMP_BUS', commands: ['up'], valueName: 'BUS', help: 'hot-pluggable bus for the NIC (q35: a pcie-root-port id)' },
   { flag: 'ch-api', env: 'PODTAP_CH_API', commands: ['up'], valueName: 'PATH', help: "hot-plug the NIC into a running Cloud Hypervisor through this API socket" },
   { flag: 'fd-socket', env: 'PODTAP_FD_SOCKET', commands: ['up', 'exec'], valueName: 'PATH', help: 'serve (up) or fetch (exec) the TAP fds on this Unix socket' },
   { flag: 'fd-socket-mode', env: 'PODTAP_FD_SOCKET_MODE', commands: ['up'], valueName: 'MODE', help: 'permissions of the fd socket, octal (default 0600)' },
@@ -93,7 +95,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   const head = dash < 0 ? argv : argv.slice(0, dash);
   const vmm = dash < 0 ? [] : argv.slice(dash + 1);
   const raw = new Map<string, { value: string; where: string }>();
-  let command: Parsed['command'] | undefined;
+  let command: Command | undefined;
 
   for (let i = 0; i < head.length; i++) {
     const arg = head[i]!;
@@ -197,6 +199,10 @@ function apply(o: Options, flag: string, value: string, where: string): void {
     case 'no-dhcp': o.dhcp = !truthy(value, where); break;
     case 'no-antispoof': o.antispoof = !truthy(value, where); break;
     case 'qmp': o.qmp = path(value, where); break;
+    case 'qmp-bus':
+      if (!/^[A-Za-z][A-Za-z0-9_.-]*$/.test(value)) throw usage(`${where} is ${JSON.stringify(value)}, not a QEMU device id`, 'give the id of a pcie-root-port or pci-bridge, e.g. rp1');
+      o.qmpBus = value;
+      break;
     case 'ch-api': o.chApi = path(value, where); break;
     case 'fd-socket': o.fdSocket = path(value, where); break;
     case 'fd-socket-mode':
@@ -230,5 +236,6 @@ function crossCheck(o: Options, command: Command, raw: Map<string, unknown>): vo
   if (o.persistTap && o.queues > 1) throw usage('--persist-tap makes a single-queue tap (Firecracker opens it without IFF_MULTI_QUEUE)', 'drop --queues or --persist-tap');
   if (o.qmp && o.chApi) throw usage('--qmp and --ch-api both given', 'hot-plug into one VMM: choose one');
   if (command === 'exec' && !o.fdSocket) throw usage('`podtap exec` needs --fd-socket PATH', 'point it at the socket `podtap up --fd-socket` serves');
+  if (raw.has('qmp-bus') && !o.qmp) throw usage('--qmp-bus without --qmp', 'add --qmp PATH');
   if (raw.has('fd-socket-mode') && !o.fdSocket) throw usage('--fd-socket-mode without --fd-socket', 'add --fd-socket PATH');
 }

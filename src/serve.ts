@@ -32,6 +32,19 @@ export function renderVmmArgv(argv: string[], session: Session, opts: Pick<Optio
   }
 }
 
+/** The device id podtap gives its NIC in the VMM. */
+export const NIC_ID = 'podtap0';
+
+/** VMM-side failures become handoff errors that say what podtap was doing. */
+async function handoff<T>(doing: string, hint: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof PodtapError) throw e;
+    throw new PodtapError('handoff', `${doing} failed: ${(e as Error).message}`, hint, e);
+  }
+}
+
 export async function serve(session: Session, opts: Options, log: Logger): Promise<Serving> {
   const closers: (() => Promise<void> | void)[] = [];
   const readyFields: Record<string, unknown> = {};
@@ -57,6 +70,58 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
     }
     const t1 = performance.now();
     session.timings.dhcpReady = t1 - t0;
+
+    const description = {
+      mac: session.vm.mac,
+      mtu: session.vm.mtu,
+      queues: opts.queues,
+      tap: opts.tap,
+      bridge: opts.bridge,
+      ip: session.vm.ip,
+      ...(session.vm.gateway ? { gateway: session.vm.gateway } : {}),
+    };
+    if (opts.fdSocket) {
+      const { serveFds } = await import('./handoff/fd-socket.ts');
+      const server = await handoff('serving the TAP fds on ' + opts.fdSocket, 'check that the socket directory is writable and no other server uses the path', () =>
+        serveFds({ path: opts.fdSocket!, mode: opts.fdSocketMode, fds: session.fds, description, onError: (e) => log('warn', `fd socket client: ${e.message}`) }),
+      );
+      closers.push(() => server.close());
+      readyFields.fdSocket = opts.fdSocket;
+    }
+    if (opts.qmp) {
+      const { QmpClient } = await import('./handoff/qmp.ts');
+      const hint = 'check that QEMU runs with -qmp unix:PATH,server=on,wait=off in this container and that PATH is right';
+      const qmp = await handoff(`connecting to QEMU's QMP socket ${opts.qmp}`, hint, () => QmpClient.connect(opts.qmp!, { timeoutMs: 10_000 }));
+      closers.push(() => qmp.close());
+      await handoff('hot-plugging the NIC into QEMU', 'see QEMU\'s error above; on q35 give a hot-pluggable bus with --qmp-bus', () =>
+        qmp.hotplugNic({ fds: session.fds, mac: session.vm.mac, id: NIC_ID, mtu: session.vm.mtu, queues: opts.queues, ...(opts.qmpBus ? { bus: opts.qmpBus } : {}) }),
+      );
+      // On teardown the guest lets go of the NIC before the network goes away.
+      closers.push(async () => {
+        try {
+          await qmp.unplugNic(NIC_ID, { timeoutMs: 15_000 });
+          log('info', 'NIC unplugged from QEMU');
+        } catch (e) {
+          log('warn', `unplugging the NIC from QEMU failed (is QEMU gone?): ${(e as Error).message}`);
+        }
+      });
+      readyFields.qmp = { device: NIC_ID };
+    }
+    if (opts.chApi) {
+      const ch = await import('./handoff/cloud-hypervisor.ts');
+      await handoff('adding the NIC to Cloud Hypervisor (vm.add-net)', 'check that cloud-hypervisor runs with --api-socket PATH and the VM is booted', () =>
+        ch.addNet({ apiSocket: opts.chApi!, fds: session.fds, mac: session.vm.mac, id: NIC_ID, mtu: session.vm.mtu }),
+      );
+      closers.push(async () => {
+        try {
+          await ch.removeDevice({ apiSocket: opts.chApi!, id: NIC_ID });
+          log('info', 'NIC removed from Cloud Hypervisor');
+        } catch (e) {
+          log('warn', `vm.remove-device failed (is Cloud Hypervisor gone?): ${(e as Error).message}`);
+        }
+      });
+      readyFields.chApi = { device: NIC_ID };
+    }
 
     if (opts.persistTap) {
       // Firecracker opens the tap by name; podtap must not hold a queue.

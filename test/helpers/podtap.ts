@@ -3,7 +3,6 @@
 
 import { mkdtempSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import type { ResultPromise } from 'execa';
 import { startInPod, runInPod, type Cleanup, type RunResult } from './netns.ts';
 import type { Pod } from './pods.ts';
 
@@ -24,7 +23,7 @@ export interface ReadyLine {
 }
 
 export interface Running {
-  proc: ResultPromise<any>;
+  proc: ReturnType<typeof startInPod>;
   pid: number;
   stateDir: string;
   /** Resolves with the ready line, rejects if podtap exits first. */
