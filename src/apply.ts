@@ -77,7 +77,7 @@ export const kernel: Effects = {
 };
 
 /** Runs the do-actions of steps in order, one `ip -batch` per run of consecutive ip lines. */
-async function execute(steps: Step[], rt: Runtime, tapFds: number[]): Promise<void> {
+export async function execute(steps: Step[], rt: Runtime, tapFds: number[]): Promise<void> {
   const fx = rt.effects ?? kernel;
   let lines: { line: string; step: Step }[] = [];
   const flush = async () => {

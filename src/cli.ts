@@ -50,7 +50,7 @@ function waitForSignal(onSignal: (sig: NodeJS.Signals) => void): () => void {
 }
 
 async function inspect(opts: Options): Promise<number> {
-  const { pod } = await discover({ ...(opts.interface ? { interface: opts.interface } : {}), resolvConf: opts.resolvConf });
+  const { pod } = await discover({ ...(opts.interface ? { interface: opts.interface } : {}), resolvConf: opts.resolvConf, resolvConfRequired: opts.resolvConf !== '/etc/resolv.conf' });
   const v4 = primaryIpv4(pod.addresses);
   const report = {
     interface: pod.link.name,
@@ -110,6 +110,8 @@ async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log:
         tap: opts.tap,
         queues: opts.queues,
         linkLocal: session.linkLocal,
+        steps: session.journal.state.steps.length,
+        adopted: session.adopted,
         ...serving.readyFields,
         timings: Object.fromEntries(Object.entries(session.timings).map(([k, v]) => [k, Math.round(v * 100) / 100])),
       };

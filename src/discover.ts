@@ -32,6 +32,9 @@ export function parseLinks(addrShow: Json[]): Observed['links'] {
     up: Array.isArray(l.flags) && l.flags.includes('UP'),
     ...(l.master ? { master: l.master } : {}),
     ...(l.txqlen !== undefined ? { txqlen: l.txqlen } : {}),
+    ...(l.linkinfo?.info_kind === 'tun'
+      ? { tun: { attachedQueues: l.linkinfo.info_data?.numqueues ?? 0, persist: l.linkinfo.info_data?.persist === true, multiQueue: l.linkinfo.info_data?.multi_queue === true } }
+      : {}),
   }));
 }
 
@@ -129,6 +132,7 @@ export function chooseLink(links: Link[], addresses: Map<string, Address[]>, wan
 export interface DiscoverInput {
   interface?: string;
   resolvConf: string;
+  resolvConfRequired?: boolean;
 }
 
 export function assemble(obs: Observed, link: Link, sysctls: Record<string, string>, resolvText: string, host: string): PodNetwork {
@@ -166,8 +170,10 @@ export function readSysctls(keys: string[]): Record<string, string> {
   return out;
 }
 
-function readResolv(path: string): string {
-  if (!existsSync(path)) return '';
+function readResolv(path: string, required: boolean): string {
+  // A pod without /etc/resolv.conf simply has no DNS to hand over; a file
+  // named explicitly must exist.
+  if (!required && !existsSync(path)) return '';
   try {
     return readFileSync(path, 'utf8');
   } catch (e) {
@@ -182,6 +188,6 @@ export async function observe(): Promise<Observed> {
 export async function discover(input: DiscoverInput, obs?: Observed): Promise<{ pod: PodNetwork; observed: Observed }> {
   const observed = obs ?? (await observe());
   const link = chooseLink(observed.links, observed.addresses, input.interface);
-  const pod = assemble(observed, link, readSysctls(sysctlKeys(link.name)), readResolv(input.resolvConf), hostname());
+  const pod = assemble(observed, link, readSysctls(sysctlKeys(link.name)), readResolv(input.resolvConf, input.resolvConfRequired ?? false), hostname());
   return { pod, observed };
 }

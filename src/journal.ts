@@ -28,6 +28,7 @@ export interface JournalState {
   vm: VmIdentity;
   linkLocal: string;
   bridgeMac: string;
+  vethMac: string;
   steps: Step[];
 }
 

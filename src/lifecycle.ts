@@ -12,6 +12,7 @@ import { Journal, Lock, prepareStateDir } from './journal.ts';
 import type { Logger } from './log.ts';
 import type { Options } from './options.ts';
 import { plan, type VmIdentity } from './plan.ts';
+import { adopt } from './adopt.ts';
 import type { TapSpec } from './steps.ts';
 import type { PodNetwork } from './model.ts';
 
@@ -32,6 +33,8 @@ export interface Session {
   vm: VmIdentity;
   linkLocal: string;
   fds: number[];
+  /** Queue fds for a (re)connecting VMM; after an adoption, reattaches the tap once free. */
+  reattach(): Promise<number[]>;
   timings: Timings;
   adopted: boolean;
 }
@@ -72,6 +75,37 @@ async function loadNative() {
   return import('./sys/native.ts');
 }
 
+type Native = Awaited<ReturnType<typeof loadNative>>;
+
+/** Opens a TAP as a step asks: queues, owner, persistence; reports the time it took. */
+function tapOpener(native: Native, took: (ms: number) => void): (spec: TapSpec) => number[] {
+  return (spec) => {
+    const s = performance.now();
+    let fds: number[];
+    try {
+      fds = native.openTap(spec.name, { queues: spec.queues, vnetHdr: true, multiQueue: spec.queues > 1, exclusive: !spec.reattach });
+    } catch (e) {
+      if (!(e instanceof native.SyscallError)) throw e;
+      // The message already names the device, the errno and the fix.
+      const m = /^(.*?): (.*) \[(.*)\]$/.exec(e.message);
+      const message = m ? `cannot open ${m[1]} (${m[3]})` : e.message;
+      throw new PodtapError(e.code === 'EBUSY' ? 'conflict' : 'environment', message, m?.[2] ?? 'see the reason above', e);
+    }
+    try {
+      if (spec.owner) {
+        native.setTapOwner(fds[0]!, spec.owner.uid);
+        if (spec.owner.gid !== undefined) native.setTapGroup(fds[0]!, spec.owner.gid);
+      }
+      if (spec.persist) native.setTapPersist(fds[0]!, true);
+    } catch (e) {
+      native.closeAllQuietly(fds);
+      throw e;
+    }
+    took(performance.now() - s);
+    return fds;
+  };
+}
+
 export interface SetupHooks {
   /** Polled between phases: a SIGTERM during setup stops it and tears down. */
   stopRequested(): boolean;
@@ -83,13 +117,31 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
   const lock = Lock.acquire(opts.stateDir, 'set up');
   try {
     const existing = Journal.load(opts.stateDir);
-    if (existing)
-      throw new PodtapError('conflict', `a journal from an earlier podtap run (pid ${existing.state.pid}, ${existing.state.createdAt}) is in ${existing.path}; the namespace may still be set up`, 'run `podtap down` to restore the namespace first');
+    if (existing && existing.state.phase !== 'ready')
+      throw new PodtapError('conflict', `a journal from an earlier podtap run (pid ${existing.state.pid}, ${existing.state.createdAt}) that died during ${existing.state.phase} is in ${existing.path}`, 'run `podtap down` to restore the namespace first');
+    if (existing) {
+      const native = await loadNative();
+      const rt = { openTap: tapOpener(native, () => {}), log };
+      const adopted = await adopt(existing, opts, rt);
+      const s = existing.state;
+      return {
+        journal: existing,
+        lock,
+        pod: s.pod,
+        vm: s.vm,
+        linkLocal: s.linkLocal,
+        fds: adopted.fds,
+        reattach: adopted.reattach,
+        adopted: true,
+        timings: { discovery: 0, plan: 0, apply: performance.now() - t0, tapOpen: 0, dhcpReady: 0, handoff: 0, total: performance.now() - t0 },
+      };
+    }
 
     const t1 = performance.now();
-    const { pod, observed } = await discover({ ...(opts.interface ? { interface: opts.interface } : {}), resolvConf: opts.resolvConf });
+    const { pod, observed } = await discover({ ...(opts.interface ? { interface: opts.interface } : {}), resolvConf: opts.resolvConf, resolvConfRequired: opts.resolvConf !== '/etc/resolv.conf' });
     const t2 = performance.now();
     const bridgeMac = laaMac();
+    const vethMac = laaMac();
     const p = plan(
       pod,
       observed.links,
@@ -103,7 +155,7 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
         persistTap: opts.persistTap,
         ...(opts.tapOwner ? { tapOwner: opts.tapOwner } : {}),
       },
-      { vethMac: laaMac(), bridgeMac },
+      { vethMac, bridgeMac },
     );
     const t3 = performance.now();
     if (hooks.stopRequested()) throw new PodtapError('internal', 'stopped before setup began');
@@ -116,23 +168,9 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
       vm: p.vm,
       linkLocal: p.linkLocal,
       bridgeMac,
+      vethMac,
     });
-    const openTap = (spec: TapSpec): number[] => {
-      const s = performance.now();
-      const fds = native.openTap(spec.name, { queues: spec.queues, vnetHdr: true, multiQueue: spec.queues > 1 });
-      try {
-        if (spec.owner) {
-          native.setTapOwner(fds[0]!, spec.owner.uid);
-          if (spec.owner.gid !== undefined) native.setTapGroup(fds[0]!, spec.owner.gid);
-        }
-        if (spec.persist) native.setTapPersist(fds[0]!, true);
-      } catch (e) {
-        native.closeAllQuietly(fds);
-        throw e;
-      }
-      tapMs += performance.now() - s;
-      return fds;
-    };
+    const openTap = tapOpener(native, (ms) => (tapMs += ms));
     let fds: number[] = [];
     try {
       fds = await applyPlan(p.steps, journal, { openTap, log }, fault);
@@ -154,6 +192,7 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
       vm: p.vm,
       linkLocal: p.linkLocal,
       fds,
+      reattach: async () => fds,
       adopted: false,
       timings: { discovery: t2 - t1, plan: t3 - t2, apply: t4 - t3 - tapMs, tapOpen: tapMs, dhcpReady: 0, handoff: 0, total: t4 - t0 },
     };

@@ -13,6 +13,7 @@ export interface Link {
   up: boolean; // administratively up (IFF_UP)
   master?: string;
   txqlen?: number;
+  tun?: { attachedQueues: number; persist: boolean; multiQueue: boolean }; // tun/tap devices only
 }
 
 export interface Address {

@@ -83,7 +83,14 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
     if (opts.fdSocket) {
       const { serveFds } = await import('./handoff/fd-socket.ts');
       const server = await handoff('serving the TAP fds on ' + opts.fdSocket, 'check that the socket directory is writable and no other server uses the path', () =>
-        serveFds({ path: opts.fdSocket!, mode: opts.fdSocketMode, fds: session.fds, description, onError: (e) => log('warn', `fd socket client: ${e.message}`) }),
+        serveFds({
+          path: opts.fdSocket!,
+          mode: opts.fdSocketMode,
+          fds: async () => {
+            if (!session.fds.length) session.fds = await session.reattach();
+            return session.fds;
+          },
+          description, onError: (e) => log('warn', `fd socket client: ${e.message}`) }),
       );
       closers.push(() => server.close());
       readyFields.fdSocket = opts.fdSocket;
@@ -93,7 +100,8 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
       const hint = 'check that QEMU runs with -qmp unix:PATH,server=on,wait=off in this container and that PATH is right';
       const qmp = await handoff(`connecting to QEMU's QMP socket ${opts.qmp}`, hint, () => QmpClient.connect(opts.qmp!, { timeoutMs: 10_000 }));
       closers.push(() => qmp.close());
-      await handoff('hot-plugging the NIC into QEMU', 'see QEMU\'s error above; on q35 give a hot-pluggable bus with --qmp-bus', () =>
+      // An adopted setup's NIC is already in QEMU.
+      if (!session.adopted) await handoff('hot-plugging the NIC into QEMU', 'see QEMU\'s error above; on q35 give a hot-pluggable bus with --qmp-bus', () =>
         qmp.hotplugNic({ fds: session.fds, mac: session.vm.mac, id: NIC_ID, mtu: session.vm.mtu, queues: opts.queues, ...(opts.qmpBus ? { bus: opts.qmpBus } : {}) }),
       );
       // On teardown the guest lets go of the NIC before the network goes away.
@@ -109,7 +117,7 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
     }
     if (opts.chApi) {
       const ch = await import('./handoff/cloud-hypervisor.ts');
-      await handoff('adding the NIC to Cloud Hypervisor (vm.add-net)', 'check that cloud-hypervisor runs with --api-socket PATH and the VM is booted', () =>
+      if (!session.adopted) await handoff('adding the NIC to Cloud Hypervisor (vm.add-net)', 'check that cloud-hypervisor runs with --api-socket PATH and the VM is booted', () =>
         ch.addNet({ apiSocket: opts.chApi!, fds: session.fds, mac: session.vm.mac, id: NIC_ID, mtu: session.vm.mtu }),
       );
       closers.push(async () => {

@@ -15,6 +15,7 @@ export interface TapSpec {
   queues: number;
   persist: boolean;
   owner?: { uid: number; gid?: number };
+  reattach?: boolean; // attach to an existing tap instead of insisting on creating it
 }
 
 export interface Step {

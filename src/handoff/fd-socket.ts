@@ -53,7 +53,10 @@ export class FdSocketError extends Error {
 export interface ServeFdsOptions {
   path: string;
   mode?: number; // of the socket file; default 0o600
-  fds: readonly number[]; // still owned by the caller: close() doesn't close them
+  // Still owned by the caller: close() doesn't close them. A function is
+  // asked at each connection (after an adoption the TAP can only be opened
+  // once the VMM that held it has let go).
+  fds: readonly number[] | (() => readonly number[] | Promise<readonly number[]>);
   description: FdDescription;
   // Reports per-connection failures (a client that hung up early, ...).
   onError?: (err: Error) => void;
@@ -93,11 +96,11 @@ function clearStaleSocket(p: string): void {
 }
 
 export async function serveFds(opts: ServeFdsOptions): Promise<FdServer> {
-  const { fds, description } = opts;
+  const { description } = opts;
   const mode = opts.mode ?? 0o600;
   const sockPath = path.resolve(opts.path);
-  if (fds.length < 1) throw new RangeError('serveFds needs at least one fd');
-  const payload = Buffer.from(`${JSON.stringify({ protocol: PROTOCOL, fds: fds.length, description })}\n`);
+  const current = async (): Promise<readonly number[]> => (typeof opts.fds === 'function' ? opts.fds() : opts.fds);
+  if (typeof opts.fds !== 'function' && opts.fds.length < 1) throw new RangeError('serveFds needs at least one fd');
 
   mkdirSync(path.dirname(sockPath), { recursive: true });
   clearStaleSocket(sockPath);
@@ -105,15 +108,16 @@ export async function serveFds(opts: ServeFdsOptions): Promise<FdServer> {
   let served = 0;
   const server: Server = createServer({ pauseOnConnect: true }, (conn) => {
     // Never resumed: the client sends nothing, and Node needn't read.
-    try {
-      sendFds(socketFdOf(conn), payload, fds, { timeoutMs: 2000 });
-      served++;
-    } catch (err) {
-      opts.onError?.(err instanceof Error ? err : new Error(String(err)));
-    } finally {
+    void current()
+      .then((fds) => {
+        if (fds.length < 1) throw new FdSocketError('no TAP fds to serve right now (the VMM that holds the tap is still running)', 'EBUSY');
+        const payload = Buffer.from(`${JSON.stringify({ protocol: PROTOCOL, fds: fds.length, description })}\n`);
+        sendFds(socketFdOf(conn), payload, fds, { timeoutMs: 2000 });
+        served++;
+      })
+      .catch((err: unknown) => opts.onError?.(err instanceof Error ? err : new Error(String(err))))
       // The message sits in the peer's receive queue; closing doesn't lose it.
-      conn.destroy();
-    }
+      .finally(() => conn.destroy());
   });
 
   // The socket file must never be reachable with looser permissions than

@@ -41,9 +41,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 export const NETNS_RUN_DIR = '/var/run/netns';
 export const NETNS_ETC_DIR = '/etc/netns';
-// Per-namespace state (owner record, CNI IPAM data...). Lives on tmpfs and is
-// removed with the namespace, so a crashed test leaves nothing on disk that a
-// reboot would not clear, and sweepOrphans() can find what it left.
+// Per-namespace state (owner record, CNI IPAM data...), removed with the
+// namespace; the owner record is how sweepOrphans() finds what a crashed test
+// process left. (/run is not tmpfs on every machine: do not rely on reboots.)
 export const STATE_DIR = '/run/podtap-test';
 
 // Processes that helpers start inside a namespace carry this variable so that
@@ -242,21 +242,31 @@ export interface CreateNetnsOptions {
 
 /** Creates a namespace with lo up and an owner record for sweepOrphans(). */
 export async function createNetns(opts: CreateNetnsOptions = {}): Promise<string> {
+  await mkdir(STATE_DIR, { recursive: true });
   for (let attempt = 0; ; attempt++) {
     const name = opts.name ?? uniqueName(opts.prefix);
-    if (netnsExists(name)) {
-      if (opts.name !== undefined || attempt > 5) throw new Error(`netns ${name} already exists`);
+    const giveUp = opts.name !== undefined || attempt >= 5;
+    // mkdir without `recursive` claims the name atomically against other
+    // test processes; the owner record goes in before `ip netns add` so that
+    // even a crash right after it leaves something sweepOrphans() recognises.
+    const dir = nsStateDir(name);
+    try {
+      await mkdir(dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || giveUp) throw e;
       continue;
     }
-    // The owner record goes first so that even a crash right after `ip netns
-    // add` leaves something sweepOrphans() recognises.
-    const dir = nsStateDir(name);
-    await mkdir(dir, { recursive: true });
     await writeFile(join(dir, 'owner'), `${process.pid} ${processStartTime(process.pid) ?? ''}\n`);
+    const added = await run('ip', ['netns', 'add', name], { reject: false });
+    if (added.exitCode !== 0) {
+      // Someone else's namespace (or none at all): never ours to delete.
+      await rm(dir, { recursive: true, force: true });
+      if (giveUp) throw new Error(`ip netns add ${name}: ${added.stderr.trim()}`);
+      continue;
+    }
     installExitHook();
     live.add(name);
     opts.cleanup?.netns(name);
-    await run('ip', ['netns', 'add', name]);
     await run('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
     return name;
   }

@@ -22,7 +22,7 @@ const log = () => {};
 
 function newJournal(dir: string): Journal {
   const pod = SHAPES.ptp;
-  return Journal.create(dir, { settings: {}, pod, vm: { mac: pod.link.mac, ip: '10.22.0.5/16', address: '10.22.0.5', prefixlen: 16, mtu: 1500 }, linkLocal: '169.254.75.1/32', bridgeMac: '02:00:00:00:00:02' });
+  return Journal.create(dir, { settings: {}, pod, vm: { mac: pod.link.mac, ip: '10.22.0.5/16', address: '10.22.0.5', prefixlen: 16, mtu: 1500 }, linkLocal: '169.254.75.1/32', bridgeMac: '02:00:00:00:00:02', vethMac: '02:00:00:00:00:01' });
 }
 
 /** Fake kernel effects that record, for each effect, how many steps the journal on disk held at that moment. */
