@@ -74,9 +74,11 @@ const SHAPES: Record<'ptp' | 'calico', Shape> = {
     },
     nodeAddr: '10.22.0.1/32',
     gateway: '10.22.0.1',
+    // ptp has no connected route for its /16 (only "/16 via gateway"), so
+    // the guest gets a /32 and routes exactly as the pod does.
     expected: {
       ip: '10.22.0.5',
-      prefix: 16,
+      prefix: 32,
       routes: [
         { dst: '10.22.0.1/32', gateway: '0.0.0.0' },
         { dst: '10.22.0.0/16', gateway: '10.22.0.1' },
@@ -88,7 +90,6 @@ const SHAPES: Record<'ptp' | 'calico', Shape> = {
       search: ['default.svc.cluster.local', 'svc.cluster.local', 'cluster.local'],
       hostname: 'web-ptp-0',
       mtu: 1450,
-      broadcast: '10.22.255.255',
       serverId: SERVER_IP,
       lease: LEASE,
     },
