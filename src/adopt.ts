@@ -3,7 +3,7 @@
 // the namespace is still exactly what the journal says, then takes it over
 // without touching the guest's traffic: no teardown, no re-plumbing.
 
-import { execa } from 'execa';
+import { run } from './exec.ts';
 import { execute, type Runtime } from './apply.ts';
 import { observe } from './discover.ts';
 import { PodtapError } from './errors.ts';
@@ -49,7 +49,7 @@ export async function adopt(journal: Journal, opts: Options, rt: Runtime): Promi
   const again = 'run `podtap down` to restore the namespace, then `podtap up` again';
   if (mismatch.length) throw new PodtapError('conflict', `the journal in ${opts.stateDir} was written with other settings (${mismatch.join('; ')})`, `restart podtap with the same options to adopt the running VM, or ${again}`);
   const problems = verifyLinks(journal, (await observe()).links, opts);
-  const nft = await execa('nft', ['list', 'table', 'bridge', GUARD_TABLE], { reject: false });
+  const nft = await run('nft', ['list', 'table', 'bridge', GUARD_TABLE]);
   if (nft.exitCode !== 0) problems.push(`the nftables table bridge ${GUARD_TABLE} is missing`);
   if (problems.length) throw new PodtapError('conflict', `cannot adopt the setup in the journal ${journal.path}: ${problems.join('; ')}`, again);
 

@@ -3,7 +3,7 @@
 // reverse, tolerating "already undone" so replaying it is always safe.
 
 import { writeFileSync } from 'node:fs';
-import { execa } from 'execa';
+import { run } from './exec.ts';
 import { PodtapError } from './errors.ts';
 import { ipBatch, ipJsonBatch, type BatchFailure } from './ip.ts';
 import type { Journal } from './journal.ts';
@@ -55,9 +55,9 @@ export class StepFailure extends PodtapError {
 }
 
 async function runNft(script: string): Promise<string | undefined> {
-  const r = await execa('nft', ['-f', '-'], { input: script, reject: false });
-  if ((r as any).code === 'ENOENT') return 'the `nft` command (nftables) is not installed';
-  return r.exitCode === 0 ? undefined : String(r.stderr).trim() || `nft exited ${r.exitCode}`;
+  const r = await run('nft', ['-f', '-'], script);
+  if (r.spawnError === 'ENOENT') return 'the `nft` command (nftables) is not installed';
+  return r.exitCode === 0 ? undefined : r.stderr.trim() || `nft exited ${r.exitCode}`;
 }
 
 export const kernel: Effects = {

@@ -2,20 +2,20 @@
 // one process. Everything podtap does to links, addresses, routes and
 // neighbours goes through here as batch lines.
 
-import { execa } from 'execa';
+import { run } from './exec.ts';
 import { PodtapError } from './errors.ts';
 
 export const IP = process.env.PODTAP_IP_BIN ?? 'ip';
 
 /** Runs read-only commands in one `ip -j -d -batch` and returns one JSON array per command. */
 export async function ipJsonBatch(commands: string[]): Promise<any[][]> {
-  const r = await execa(IP, ['-j', '-d', '-batch', '-'], { input: commands.join('\n') + '\n', reject: false });
+  const r = await run(IP, ['-j', '-d', '-batch', '-'], commands.join('\n') + '\n');
   if (r.exitCode !== 0) {
-    if (r.failed && (r as any).code === 'ENOENT')
+    if (r.spawnError === 'ENOENT')
       throw new PodtapError('environment', 'the `ip` command (iproute2) is not installed', 'install iproute2 in the container image');
     throw new PodtapError('discovery', `reading the namespace with ip failed: ${r.stderr.trim()}`, 'check that iproute2 is installed and podtap runs in the pod network namespace');
   }
-  return String(r.stdout)
+  return r.stdout
     .split('\n')
     .filter((l) => l.trim() !== '')
     .map((l) => JSON.parse(l));
@@ -35,10 +35,10 @@ export interface BatchFailure {
 export async function ipBatch(lines: string[], opts: { force?: boolean } = {}): Promise<BatchFailure[]> {
   if (lines.length === 0) return [];
   const args = [...(opts.force ? ['-force'] : []), '-batch', '-'];
-  const r = await execa(IP, args, { input: lines.join('\n') + '\n', reject: false });
+  const r = await run(IP, args, lines.join('\n') + '\n');
   if (r.exitCode === 0) return [];
-  if ((r as any).code === 'ENOENT') throw new PodtapError('environment', 'the `ip` command (iproute2) is not installed', 'install iproute2 in the container image');
-  return parseBatchErrors(String(r.stderr), lines);
+  if (r.spawnError === 'ENOENT') throw new PodtapError('environment', 'the `ip` command (iproute2) is not installed', 'install iproute2 in the container image');
+  return parseBatchErrors(r.stderr, lines);
 }
 
 /** ip prints each failure's message, then "Command failed -:N" (1-based). */

@@ -30,3 +30,6 @@ if [ ! -x node_modules/.bin/node ] || [ package-lock.json -nt node_modules/.pack
   echo "test/install.sh: installing npm dependencies" >&2
   npm ci --no-audit --no-fund
 fi
+
+# Compile src/ to dist/, which init/podtap runs (tsc only rewrites what changed).
+npm run --silent build

@@ -1,8 +1,8 @@
 // Running the real podtap command inside a test pod, the way a container
 // runtime would: its own process, its own namespace, signals and exit codes.
 
-import { mkdtempSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
+import tmp from 'tmp';
 import { startInPod, runInPod, type Cleanup, type RunResult } from './netns.ts';
 import type { Pod } from './pods.ts';
 
@@ -32,8 +32,9 @@ export interface Running {
   stderr(): string;
 }
 
+/** A scratch state dir for one podtap, removed at cleanup. */
 export function stateDirFor(cleanup: Cleanup): string {
-  const dir = mkdtempSync(join('/run', 'podtap-test-state-'));
+  const dir = tmp.dirSync({ tmpdir: '/run', prefix: 'podtap-test-state-' }).name;
   cleanup.path(dir);
   return dir;
 }
