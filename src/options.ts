@@ -4,7 +4,7 @@
 // the value, what would be accepted, and where it came from.
 
 import { usage } from './errors.ts';
-import { parseCidr4 } from './ipaddr.ts';
+import { contains, formatIpv4, parseIfaceCidr, parseIpv4 } from './ipv4.ts';
 
 export type Command = 'inspect' | 'up' | 'run' | 'down' | 'exec';
 
@@ -218,15 +218,18 @@ function apply(o: Options, flag: string, value: string, where: string): void {
 // metadata address: the guest must still reach both through the pod's routes.
 const RESERVED_LL = ['169.254.1.1', '169.254.169.254'];
 
+const LINK_LOCAL_NET = parseIpv4('169.254.0.0')!;
+
 function linkLocal(value: string, where: string): string {
-  const c = parseCidr4(value.includes('/') ? value : `${value}/32`);
+  const c = parseIfaceCidr(value);
   const hint = 'give an address in 169.254.0.0/16 with a prefix of /16 to /32, such as 169.254.75.1/32';
   if (!c) throw usage(`${where} is ${JSON.stringify(value)}, not an IPv4 address or CIDR`, hint);
-  if (!c.address.startsWith('169.254.') || c.prefixlen < 16) throw usage(`${where} is ${value}, which is not inside 169.254.0.0/16`, hint);
-  const last = c.address.split('.').slice(2).join('.');
-  if (c.prefixlen < 31 && (last === '0.0' || last === '255.255')) throw usage(`${where} is ${value}, a network or broadcast address`, hint);
-  if (RESERVED_LL.includes(c.address)) throw usage(`${where} is ${c.address}, which pods use as a gateway or metadata address`, hint);
-  return `${c.address}/${c.prefixlen}`;
+  const address = formatIpv4(c.addr);
+  if (!contains(LINK_LOCAL_NET, 16, c.addr) || c.prefixlen < 16) throw usage(`${where} is ${value}, which is not inside 169.254.0.0/16`, hint);
+  const host = c.addr & 0xffff;
+  if (c.prefixlen < 31 && (host === 0 || host === 0xffff)) throw usage(`${where} is ${value}, a network or broadcast address`, hint);
+  if (RESERVED_LL.includes(address)) throw usage(`${where} is ${address}, which pods use as a gateway or metadata address`, hint);
+  return `${address}/${c.prefixlen}`;
 }
 
 function crossCheck(o: Options, command: Command, raw: Map<string, unknown>): void {

@@ -7,7 +7,8 @@
 
 import { PodtapError } from './errors.ts';
 import { guardRuleset, guardRemoval } from './guard.ts';
-import { contains, network6, networkOf, parseCidr4, routeDst4 } from './ipaddr.ts';
+import { contains, formatIpv4, networkOf, parseCidr, parseIfaceCidr, parseIpv4, type Cidr } from './ipv4.ts';
+import { network6 } from './ipv6.ts';
 import type { Address, PodNetwork, Route, Link } from './model.ts';
 import { addrDel, addrRestore, neighRestore, neighSpec, routeSpec, type Step, type Action } from './steps.ts';
 
@@ -76,7 +77,7 @@ function strayPrefixRoutes(a: Address, routes: Route[], dev: string): string[] {
   if (a.flags.includes('noprefixroute') || a.peer) return [];
   const v6 = a.family === 'inet6';
   if (a.prefixlen === (v6 ? 128 : 32) || (v6 && a.scope === 'link')) return [];
-  const net = `${v6 ? network6(a.local, a.prefixlen) : networkOf({ address: a.local, prefixlen: a.prefixlen })}/${a.prefixlen}`;
+  const net = `${v6 ? network6(a.local, a.prefixlen) : formatIpv4(networkOf(parseIpv4(a.local) ?? 0, a.prefixlen))}/${a.prefixlen}`;
   // The kernel's metric for an IPv6 prefix route is 256 unless the address sets one.
   const metric = a.metric ?? (v6 ? 256 : undefined);
   const present = routes.some((r) => r.table === 'main' && r.dst === net && r.protocol === 'kernel' && r.metric === metric);
@@ -87,18 +88,21 @@ function strayPrefixRoutes(a: Address, routes: Route[], dev: string): string[] {
 const LL_CANDIDATES = ['169.254.75.1/32', '169.254.75.2/32', '169.254.76.1/32', '169.254.77.1/32'];
 
 function clashes(ll: string, pod: PodNetwork): boolean {
-  const c = parseCidr4(ll)!;
+  const c = parseIfaceCidr(ll)!;
   const v4routes = pod.routes.filter((r) => r.family === 'inet');
-  const hosts = [
-    ...pod.addresses.filter((a) => a.family === 'inet').map((a) => a.local),
-    ...v4routes.flatMap((r) => [r.gateway, r.prefsrc]),
-  ].filter((x): x is string => !!x);
+  const v4addrs = pod.addresses.filter((a) => a.family === 'inet');
+  const hosts = [...v4addrs.map((a) => a.local), ...v4routes.flatMap((r) => [r.gateway, r.prefsrc])]
+    .map((h) => (h ? parseIpv4(h) : undefined))
+    .filter((x): x is number => x !== undefined);
   // Networks the pod reaches directly or by route, other than the default.
-  const nets = [
-    ...pod.addresses.filter((a) => a.family === 'inet').map((a) => ({ address: a.local, prefixlen: a.prefixlen })),
-    ...v4routes.filter((r) => r.dst !== 'default').map((r) => routeDst4(r.dst)),
+  const nets: Cidr[] = [
+    ...v4addrs.map((a) => ({ addr: parseIpv4(a.local) ?? 0, prefixlen: a.prefixlen })),
+    ...v4routes.filter((r) => r.dst !== 'default').flatMap((r) => parseCidr(r.dst) ?? []),
   ];
-  return hosts.some((h) => contains(c, h)) || nets.some((n) => n.prefixlen > 0 && (contains(n, c.address) || contains(c, n.address)));
+  return (
+    hosts.some((h) => contains(c.addr, c.prefixlen, h)) ||
+    nets.some((n) => n.prefixlen > 0 && (contains(n.addr, n.prefixlen, c.addr) || contains(c.addr, c.prefixlen, n.addr)))
+  );
 }
 
 export function chooseLinkLocal(pod: PodNetwork, opts: Pick<PlanOptions, 'linkLocal' | 'linkLocalExplicit'>): string {

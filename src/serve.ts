@@ -117,7 +117,7 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
     }
     if (opts.chApi) {
       const ch = await import('./handoff/cloud-hypervisor.ts');
-      if (!session.adopted) await handoff('adding the NIC to Cloud Hypervisor (vm.add-net)', 'check that cloud-hypervisor runs with --api-socket PATH and the VM is booted', () =>
+      const info = session.adopted ? undefined : await handoff('adding the NIC to Cloud Hypervisor (vm.add-net)', 'check that cloud-hypervisor runs with --api-socket PATH and the VM is booted', () =>
         ch.addNet({ apiSocket: opts.chApi!, fds: session.fds, mac: session.vm.mac, id: NIC_ID, mtu: session.vm.mtu }),
       );
       closers.push(async () => {
@@ -128,7 +128,7 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
           log('warn', `vm.remove-device failed (is Cloud Hypervisor gone?): ${(e as Error).message}`);
         }
       });
-      readyFields.chApi = { device: NIC_ID };
+      readyFields.chApi = { device: NIC_ID, ...(info ? { bdf: info.bdf } : {}) };
     }
 
     if (opts.persistTap) {

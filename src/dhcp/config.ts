@@ -4,8 +4,8 @@
 
 import type { PodNetwork, Route } from '../model.ts';
 import { checkDomainName } from './options.ts';
-import { contains, formatCidr, formatIpv4, maskOf, networkOf, parseCidr, parseIpv4 } from './ipv4.ts';
-import type { Cidr } from './ipv4.ts';
+import { contains, formatCidr, formatIpv4, maskOf, networkOf, parseCidr, parseIpv4 } from '../ipv4.ts';
+import type { Cidr } from '../ipv4.ts';
 
 export interface DhcpConfig {
   vmMac: string;

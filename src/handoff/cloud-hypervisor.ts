@@ -21,7 +21,8 @@
 //     (cold-add before boot); errors carry a JSON array of messages (older
 //     releases: plain text).
 
-import { createConnection, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { connectRetrying as connectUnix } from './unix-connect.ts';
 import { sendFds, socketFdOf } from '../sys/native.ts';
 
 export class CloudHypervisorError extends Error {
@@ -61,44 +62,19 @@ export interface HttpResponse {
   body: string;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-function connectOnce(path: string): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const sock = createConnection({ path });
-    const onError = (err: Error): void => {
-      sock.destroy();
-      reject(err);
-    };
-    sock.once('error', onError);
-    sock.once('connect', () => {
-      sock.off('error', onError);
-      resolve(sock);
-    });
+function connectRetrying(path: string, deadline: number, what: string): Promise<Socket> {
+  return connectUnix(path, deadline, (code, err) => {
+    const hint =
+      code === 'ENOENT'
+        ? `no socket at ${path}: is Cloud Hypervisor running with --api-socket path=${path}?`
+        : code === 'ECONNREFUSED'
+          ? `nothing listens on ${path}: Cloud Hypervisor exited`
+          : code === 'EACCES' || code === 'EPERM'
+            ? `no permission to connect to ${path}`
+            : `cannot connect to ${path}`;
+    return new CloudHypervisorError(`${what}: ${hint} (${code ?? String(err)})`, { code });
   });
-}
-
-async function connectRetrying(path: string, deadline: number, what: string): Promise<Socket> {
-  for (;;) {
-    try {
-      return await connectOnce(path);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      const retryable = code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'EAGAIN';
-      if (!retryable || Date.now() + 100 > deadline) {
-        const hint =
-          code === 'ENOENT'
-            ? `no socket at ${path}: is Cloud Hypervisor running with --api-socket path=${path}?`
-            : code === 'ECONNREFUSED'
-              ? `nothing listens on ${path}: Cloud Hypervisor exited`
-              : code === 'EACCES' || code === 'EPERM'
-                ? `no permission to connect to ${path}`
-                : `cannot connect to ${path}`;
-        throw new CloudHypervisorError(`${what}: ${hint} (${code ?? String(err)})`, { code });
-      }
-      await sleep(100);
-    }
-  }
 }
 
 // Parses one HTTP/1.1 response from `raw`; null while it's incomplete.

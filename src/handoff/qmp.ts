@@ -9,7 +9,8 @@
 // by Node's write queue. Replies and events come in through Node's normal
 // reading; QEMU never sends us fds.
 
-import { createConnection, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { connectRetrying } from './unix-connect.ts';
 import { sendFds, socketFdOf } from '../sys/native.ts';
 
 export class QmpError extends Error {
@@ -85,11 +86,9 @@ export interface HotpluggedNic {
   fdnames: string[];
 }
 
-const CONNECT_RETRY_MS = 100;
 const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
 const ID_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 type Waiter = {
   resolve: (msg: Record<string, unknown>) => void;
@@ -98,20 +97,6 @@ type Waiter = {
 
 type EventListener = (ev: QmpEvent) => void;
 
-function connectOnce(path: string): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const sock = createConnection({ path });
-    const onError = (err: Error): void => {
-      sock.destroy();
-      reject(err);
-    };
-    sock.once('error', onError);
-    sock.once('connect', () => {
-      sock.off('error', onError);
-      resolve(sock);
-    });
-  });
-}
 
 function connectHint(code: string | undefined, path: string): string {
   switch (code) {
@@ -157,25 +142,11 @@ export class QmpClient {
   static async connect(path: string, opts: ConnectOptions = {}): Promise<QmpClient> {
     const timeoutMs = opts.timeoutMs ?? 10_000;
     const deadline = Date.now() + timeoutMs;
-    let sock: Socket | undefined;
-    let lastCode: string | undefined;
-    for (;;) {
-      try {
-        sock = await connectOnce(path);
-        break;
-      } catch (err) {
-        lastCode = (err as NodeJS.ErrnoException).code;
-        const retryable = lastCode === 'ENOENT' || lastCode === 'ECONNREFUSED' || lastCode === 'EAGAIN';
-        if (!retryable || Date.now() + CONNECT_RETRY_MS > deadline) {
-          throw new QmpConnectionError(
-            `QMP: ${connectHint(lastCode, path)} (${lastCode ?? String(err)}` +
-              `${retryable ? `, retried for ${timeoutMs} ms` : ''})`,
-            lastCode,
-          );
-        }
-        await sleep(CONNECT_RETRY_MS);
-      }
-    }
+    const sock = await connectRetrying(
+      path,
+      deadline,
+      (code, err, retried) => new QmpConnectionError(`QMP: ${connectHint(code, path)} (${code ?? String(err)}${retried ? `, retried for ${timeoutMs} ms` : ''})`, code),
+    );
     const client = new QmpClient(path, sock);
     try {
       const left = Math.max(1000, deadline - Date.now());

@@ -43,7 +43,7 @@ export function contains(net: number, prefixlen: number, addr: number): boolean 
 }
 
 export interface Cidr {
-  addr: number; // host bits cleared
+  addr: number; // host bits cleared by parseCidr, kept by parseIfaceCidr
   prefixlen: number;
 }
 
@@ -69,4 +69,17 @@ export function parseCidr(text: string): Cidr | undefined {
 
 export function formatCidr(c: Cidr): string {
   return `${formatIpv4(c.addr)}/${c.prefixlen}`;
+}
+
+/**
+ * An interface address with its prefix ("10.1.0.5/24", or a bare address as
+ * /32), host bits kept: the address itself matters, not just its network.
+ */
+export function parseIfaceCidr(text: string): Cidr | undefined {
+  const slash = text.indexOf('/');
+  const addr = parseIpv4(slash < 0 ? text : text.slice(0, slash));
+  if (addr === undefined) return undefined;
+  const p = slash < 0 ? '32' : text.slice(slash + 1);
+  if (!/^\d{1,2}$/.test(p) || Number(p) > 32) return undefined;
+  return { addr, prefixlen: Number(p) };
 }
