@@ -4,7 +4,7 @@
 import { BOOTREQUEST, encodePacket, parseMac } from '../../src/dhcp/codec.ts';
 import type { OptionList } from '../../src/dhcp/codec.ts';
 import type { DhcpConfig } from '../../src/dhcp/config.ts';
-import { ipv4 } from '../../src/dhcp/ipv4.ts';
+import { ipv4 } from '../../src/ipv4.ts';
 import { MSG, OPT } from '../../src/dhcp/options.ts';
 
 export const VM_MAC = '52:54:00:12:34:56';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { BOOTREPLY, BOOTREQUEST, HEADER_SIZE, MAGIC_COOKIE, ParseError, encodePacket, hardwareAddress, parseMac, parsePacket } from '../../src/dhcp/codec.ts';
-import { formatIpv4, ipv4, parseCidr, parseIpv4 } from '../../src/dhcp/ipv4.ts';
+import { formatIpv4, ipv4, parseCidr, parseIpv4 } from '../../src/ipv4.ts';
 import {
   OPT,
   OptionError,

@@ -3,7 +3,7 @@ import { BOOTREPLY, hardwareAddress, parsePacket } from '../../src/dhcp/codec.ts
 import type { DhcpPacket } from '../../src/dhcp/codec.ts';
 import { buildPlan, handleDatagram } from '../../src/dhcp/handler.ts';
 import type { Outcome, ReplyPlan } from '../../src/dhcp/handler.ts';
-import { formatIpv4 } from '../../src/dhcp/ipv4.ts';
+import { formatIpv4 } from '../../src/ipv4.ts';
 import { Lease } from '../../src/dhcp/lease.ts';
 import { decodeClasslessRoutes, decodeIps, decodeSearchList } from '../../src/dhcp/options.ts';
 import { MSG, OPT, OTHER_MAC, SERVER_ID, VM_MAC, calicoConfig, clientPacket, ptpConfig } from '../helpers/dhcp-packets.ts';
