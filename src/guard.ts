@@ -53,11 +53,9 @@ export function guardRuleset(g: GuardSpec): string {
     // The guest's DHCP requests are for us alone: never flood them to the node.
     `iifname ${t} oifname ${v} udp dport 67 drop`,
   ];
-  const output = [
-    `oifname ${v} udp sport 67 drop`,
-    `oifname ${v} ip saddr ${g.serverIp} drop`,
-    `oifname ${v} arp saddr ip ${g.serverIp} drop`,
-  ];
+  // The pod's own stack has nothing to say to the node any more: whatever
+  // br0 itself sends (DHCP replies, ARP for its address) stays inside.
+  const output = [`oifname ${v} udp sport 67 drop`, `oifname ${v} ether saddr ${g.bridgeMac} drop`];
   const chain = (name: string, hook: string, prio: string, rules: string[]) =>
     `  chain ${name} {\n    type filter hook ${hook} priority ${prio}; policy accept;\n` +
     rules.map((r) => `    ${r}\n`).join('') +

@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { applyPlan, kernel, undoSteps, type Fault } from './apply.ts';
+import { applyPlan, undoSteps, type Fault } from './apply.ts';
 import { discover } from './discover.ts';
 import { PodtapError } from './errors.ts';
 import { Journal, Lock, prepareStateDir } from './journal.ts';
@@ -208,9 +208,6 @@ export async function tearDown(journal: Journal, log: Logger, fault?: Fault): Pr
   const report = await undoSteps(journal.state.steps, { log }, fault);
   if (report.failures.length)
     throw new PodtapError('teardown', `restoring the namespace was incomplete:\n  ${report.failures.join('\n  ')}`, `the journal ${journal.path} is kept: fix the cause and run \`podtap down\` again`);
-  // Re-added IPv6 addresses go through duplicate address detection: the
-  // namespace is only "as it was" once none is tentative any more.
-  if (journal.state.pod.addresses.some((a) => a.family === 'inet6')) await kernel.settle();
   journal.remove();
 }
 

@@ -48,9 +48,15 @@ export function primaryIpv4(addresses: Address[]): Address | undefined {
   return addresses.find((a) => a.family === 'inet' && !a.flags.includes('secondary') && a.scope === 'global') ?? addresses.find((a) => a.family === 'inet');
 }
 
-/** Routes podtap moves: every route through the veth except the local table, which the kernel derives from addresses. */
+/**
+ * Routes podtap moves: every route through the veth except those the kernel
+ * owns: the local table (derived from addresses) and the IPv6 link-local
+ * prefix route, which comes and goes with IPv6 on the link. Restoring the
+ * latter by hand races the kernel's own copy and can leave two.
+ */
 export function movableRoutes(routes: Route[]): Route[] {
-  return routes.filter((r) => r.table !== 'local' && r.expires === undefined);
+  const kernelLinkLocal = (r: Route) => r.family === 'inet6' && r.protocol === 'kernel' && r.dst === 'fe80::/64';
+  return routes.filter((r) => r.table !== 'local' && r.expires === undefined && !kernelLinkLocal(r));
 }
 
 function rank(r: Route): number {
@@ -146,6 +152,15 @@ export function plan(pod: PodNetwork, links: Link[], opts: PlanOptions, gen: Gen
   const steps: Step[] = [];
   const ip = (line: string): Action => ({ ip: line });
 
+  // 0. The TAP first: it depends on nothing, and opening it in podtap (which
+  // keeps the queue fds for the VMM) here lets every later link change go
+  // to the kernel in one `ip -batch`.
+  steps.push({
+    id: 'tap-open',
+    do: [{ tap: { name: opts.tap, queues: opts.queues, persist: opts.persistTap, ...(opts.tapOwner ? { owner: opts.tapOwner } : {}) } }],
+    undo: [ip(`link del dev ${opts.tap}`)],
+  });
+
   // 1. Take the pod's layer-3 identity off the veth, recording how to put it back.
   const routes = routeAddOrder(movableRoutes(pod.routes)).reverse();
   routes.forEach((r, i) => steps.push({ id: `route-del/${i}`, do: [ip(`route del ${routeSpec(r)}`)], undo: [ip(`route replace ${routeSpec(r)}`)] }));
@@ -171,10 +186,11 @@ export function plan(pod: PodNetwork, links: Link[], opts: PlanOptions, gen: Gen
   steps.push({ id: 'veth-mac', do: [ip(`link set dev ${dev} address ${gen.vethMac}`)], undo: [ip(`link set dev ${dev} address ${pod.link.mac}`)] });
 
   // 3. The bridge: forwarding at once (no STP, no forward delay), multicast
-  // flooded so the guest's IPv6 neighbour discovery works without snooping.
+  // flooded so the guest's IPv6 neighbour discovery works without snooping,
+  // and no IPv6 address of its own, so it never speaks IPv6 (RS, MLD, DAD).
   steps.push({
     id: 'bridge-add',
-    do: [ip(`link add name ${opts.bridge} address ${gen.bridgeMac} mtu ${mtu} type bridge stp_state 0 forward_delay 0 mcast_snooping 0`), { sysctl: `net/ipv6/conf/${opts.bridge}/disable_ipv6`, value: '1' }],
+    do: [ip(`link add name ${opts.bridge} address ${gen.bridgeMac} mtu ${mtu} type bridge stp_state 0 forward_delay 0 mcast_snooping 0`), ip(`link set dev ${opts.bridge} addrgenmode none`)],
     undo: [ip(`link del dev ${opts.bridge}`)],
   });
   steps.push({
@@ -187,16 +203,7 @@ export function plan(pod: PodNetwork, links: Link[], opts: PlanOptions, gen: Gen
   });
   if (!pod.link.up) steps.push({ id: 'veth-up', do: [ip(`link set dev ${dev} up`)], undo: [ip(`link set dev ${dev} down`)] });
 
-  // 4. The TAP, opened by podtap so it holds the queue fds the VMM gets.
-  steps.push({
-    id: 'tap-open',
-    do: [
-      { tap: { name: opts.tap, queues: opts.queues, persist: opts.persistTap, ...(opts.tapOwner ? { owner: opts.tapOwner } : {}) } },
-      { sysctl: `net/ipv6/conf/${opts.tap}/disable_ipv6`, value: '1' },
-    ],
-    undo: [ip(`link del dev ${opts.tap}`)],
-  });
-  steps.push({ id: 'tap-enslave', do: [ip(`link set dev ${opts.tap} mtu ${mtu} master ${opts.bridge} up`)], undo: [] });
+  steps.push({ id: 'tap-enslave', do: [ip(`link set dev ${opts.tap} addrgenmode none mtu ${mtu} master ${opts.bridge} up`)], undo: [] });
 
   // 5. The bridge's own address: the DHCP server identifier, plus the host
   // route and static neighbour that let replies reach the VM by unicast.

@@ -16,7 +16,7 @@ describe('plan', () => {
       const p = plan(pod, links(), OPTS, GEN);
       const undo = ipLines(p.steps, 'undo');
       const dos = ipLines(p.steps, 'do');
-      for (const r of pod.routes.filter((r) => r.table !== 'local')) {
+      for (const r of pod.routes.filter((r) => r.table !== 'local' && r.dst !== 'fe80::/64')) {
         const dst = r.dst === 'default' && r.family === 'inet6' ? '::/0' : r.dst;
         expect(dos.some((l) => l.startsWith(`route del ${dst} `))).toBe(true);
         expect(undo.some((l) => l.startsWith(`route replace ${dst} `))).toBe(true);
