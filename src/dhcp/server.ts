@@ -12,7 +12,9 @@
 //
 // Nothing here may throw into the event loop: the handler is wrapped, every
 // failure is counted and logged under a rate limit, and the only state that
-// grows with input (foreign MACs seen) is capped.
+// grows with input (foreign MACs seen) is capped. Lines the guest can cause
+// once per packet (binds, NAKs, releases, declines) are rate-limited too;
+// only debug lines are not.
 
 import dgram from 'node:dgram';
 import type { DhcpConfig } from './config.ts';
@@ -187,17 +189,19 @@ export async function startDhcpServer(config: DhcpConfig, opts: DhcpServerOption
           fields.trimmed = out.trimmed;
           limited('trimmed', 'warn', 'dhcp: options left out to fit the client\'s maximum message size', fields);
         }
-        if (out.type === 'NAK') log('warn', `dhcp: NAK: ${out.why ?? ''}`, fields);
-        else if (out.type === 'ACK' && (out.request === 'selecting' || out.request === 'init-reboot')) log('info', `dhcp: lease bound (${out.request})`, fields);
+        // The guest decides how often these happen: rate-limited like the
+        // drops, so a guest looping on REQUEST cannot flood the pod's log.
+        if (out.type === 'NAK') limited('nak', 'warn', `dhcp: NAK: ${out.why ?? ''}`, fields);
+        else if (out.type === 'ACK' && (out.request === 'selecting' || out.request === 'init-reboot')) limited('bound', 'info', `dhcp: lease bound (${out.request})`, fields);
         else log('debug', `dhcp: ${out.type} (${out.request})`, fields);
         send(out);
         return;
       }
       case 'event':
         stats.events[out.event]++;
-        if (out.event === 'release') log('info', 'dhcp: guest released its lease', { mac: out.mac, address: out.detail });
+        if (out.event === 'release') limited('release', 'info', 'dhcp: guest released its lease', { mac: out.mac, address: out.detail });
         else if (out.event === 'decline') {
-          log('error', 'dhcp: guest declined the address: it saw it in use by another host on the pod network', { mac: out.mac, address: out.detail });
+          limited('decline', 'error', 'dhcp: guest declined the address: it saw it in use by another host on the pod network', { mac: out.mac, address: out.detail });
         } else log('debug', `dhcp: ignored: ${out.detail}`, { mac: out.mac });
         return;
       case 'drop':
