@@ -11,8 +11,8 @@ import { createLogger, type Logger } from './log.ts';
 import { parseOptions, SPECS, type Options } from './options.ts';
 import { discover } from './discover.ts';
 import { primaryIpv4 } from './plan.ts';
-import { down, setUp, tearDown, type Session } from './lifecycle.ts';
-import { serve, type Serving } from './serve.ts';
+import { down, setUp, StoppedBeforeSetup, tearDown, type Session } from './lifecycle.ts';
+import { checkVmmArgv, serve, type Serving } from './serve.ts';
 
 export const VERSION = '0.1.0';
 
@@ -41,11 +41,12 @@ function helpText(): string {
 
 function waitForSignal(onSignal: (sig: NodeJS.Signals) => void): () => void {
   const handler = (sig: NodeJS.Signals) => onSignal(sig);
-  process.on('SIGTERM', handler);
-  process.on('SIGINT', handler);
+  // SIGHUP too: a closed terminal or a supervisor's hang-up must not leave
+  // the namespace half-taken.
+  const signals: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
+  for (const s of signals) process.on(s, handler);
   return () => {
-    process.off('SIGTERM', handler);
-    process.off('SIGINT', handler);
+    for (const s of signals) process.off(s, handler);
   };
 }
 
@@ -72,6 +73,8 @@ async function inspect(opts: Options): Promise<number> {
 /** up and run share everything up to the hand-over. */
 async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log: Logger): Promise<number> {
   const fault = parseFault(process.env.PODTAP_FAULT);
+  // A typo in a placeholder is refused now, not after the namespace was set up.
+  if (command === 'run') checkVmmArgv(vmm, opts);
   let stop: NodeJS.Signals | undefined;
   let child: ReturnType<typeof spawn> | undefined;
   let wake: (() => void) | undefined;
@@ -97,8 +100,13 @@ async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log:
   let serving: Serving | undefined;
   let exitCode = 0;
   try {
-    session = await setUp(opts, log, fault, { stopRequested: () => stop !== undefined });
-    if (!stop) {
+    try {
+      session = await setUp(opts, log, fault, { stopRequested: () => stop !== undefined });
+    } catch (e) {
+      if (!(e instanceof StoppedBeforeSetup)) throw e;
+      log('info', `${stop}: stopped before anything was changed`);
+    }
+    if (session && !stop) {
       serving = await serve(session, opts, log);
       const ready = {
         event: 'ready',
@@ -139,7 +147,7 @@ async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log:
     }
   } finally {
     try {
-      rmSync(readyFile(opts), { force: true });
+      if (session) rmSync(readyFile(opts), { force: true });
       if (serving) await serving.close();
       if (session) {
         await tearDown(session.journal, log, fault);

@@ -4,6 +4,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { applyPlan, undoSteps, type Fault } from './apply.ts';
 import { discover } from './discover.ts';
@@ -65,6 +66,22 @@ export function preflight(opts: Pick<Options, 'stateDir'>, needTun: boolean): vo
   prepareStateDir(opts.stateDir);
 }
 
+/** Sockets podtap creates or connects to must be in directories that exist: a typo is refused before any change. */
+export function checkSocketPaths(opts: Pick<Options, 'fdSocket' | 'qmp' | 'chApi'>): void {
+  const paths: [string, string | undefined][] = [['--fd-socket', opts.fdSocket], ['--qmp', opts.qmp], ['--ch-api', opts.chApi]];
+  for (const [flag, path] of paths) {
+    if (!path) continue;
+    const dir = dirname(path);
+    let ok = false;
+    try {
+      ok = statSync(dir).isDirectory();
+    } catch {
+      ok = false;
+    }
+    if (!ok) throw new PodtapError('usage', `${flag} ${path}: the directory ${dir} does not exist`, `create it first (in Kubernetes, mount a shared emptyDir there), or fix the path`);
+  }
+}
+
 function laaMac(): string {
   const b = randomBytes(6);
   b[0] = (b[0]! & 0xfc) | 0x02; // unicast, locally administered
@@ -106,6 +123,14 @@ function tapOpener(native: Native, took: (ms: number) => void): (spec: TapSpec) 
   };
 }
 
+/** A signal asked podtap to stop before setup changed anything: a clean stop, not an error. */
+export class StoppedBeforeSetup extends Error {
+  constructor() {
+    super('stopped before setup began');
+    this.name = 'StoppedBeforeSetup';
+  }
+}
+
 export interface SetupHooks {
   /** Polled between phases: a SIGTERM during setup stops it and tears down. */
   stopRequested(): boolean;
@@ -114,6 +139,7 @@ export interface SetupHooks {
 export async function setUp(opts: Options, log: Logger, fault: Fault | undefined, hooks: SetupHooks): Promise<Session> {
   const t0 = performance.now();
   preflight(opts, true);
+  checkSocketPaths(opts);
   const lock = Lock.acquire(opts.stateDir, 'set up');
   try {
     const existing = Journal.load(opts.stateDir);
@@ -158,7 +184,7 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
       { vethMac, bridgeMac },
     );
     const t3 = performance.now();
-    if (hooks.stopRequested()) throw new PodtapError('internal', 'stopped before setup began');
+    if (hooks.stopRequested()) throw new StoppedBeforeSetup();
 
     const native = await loadNative();
     let tapMs = 0;

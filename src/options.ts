@@ -70,10 +70,14 @@ export interface Parsed {
   vmm: string[]; // after `--` for run and exec
 }
 
-const IFNAME = /^[^\s/:]{1,15}$/;
+// Stricter than the kernel on purpose: names end up in `ip -batch` lines
+// (where '#' starts a comment and quotes group words), in nft strings (where
+// '*' is a wildcard and '"' ends the string) and in /proc/sys paths (where
+// "all" and "default" are not interfaces). 15 ASCII characters = 15 bytes.
+const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
 
 export function validIfname(name: string): boolean {
-  return IFNAME.test(name) && name !== '.' && name !== '..';
+  return IFNAME.test(name) && name !== '.' && name !== '..' && name !== 'all' && name !== 'default';
 }
 
 function truthy(raw: string, where: string): boolean {
@@ -85,7 +89,7 @@ function truthy(raw: string, where: string): boolean {
 function int(raw: string, where: string, min: number, max: number, what: string): number {
   if (!/^\d+$/.test(raw)) throw usage(`${where} is ${JSON.stringify(raw)}, not a whole number`, `give ${what} from ${min} to ${max}`);
   const n = Number(raw);
-  if (n < min || n > max) throw usage(`${where} is ${n}, out of range`, `give ${what} from ${min} to ${max}`);
+  if (n < min || n > max) throw usage(`${where} is ${raw}, out of range`, `give ${what} from ${min} to ${max}`);
   return n;
 }
 
@@ -164,7 +168,7 @@ export function defaults(): Options {
 
 function ifname(value: string, where: string): string {
   if (!validIfname(value))
-    throw usage(`${where} is ${JSON.stringify(value)}, not a valid interface name`, 'use 1 to 15 characters without spaces, "/" or ":"');
+    throw usage(`${where} is ${JSON.stringify(value)}, not a valid interface name`, 'use 1 to 15 characters from A-Z a-z 0-9 - _ . (not "all" or "default")');
   return value;
 }
 
@@ -232,13 +236,13 @@ function linkLocal(value: string, where: string): string {
   return `${address}/${c.prefixlen}`;
 }
 
-function crossCheck(o: Options, command: Command, raw: Map<string, unknown>): void {
+function crossCheck(o: Options, command: Command, raw: Map<string, { value: string; where: string }>): void {
   if (o.bridge === o.tap) throw usage(`the bridge and the tap are both named ${o.bridge}`, 'give --bridge and --tap different names');
   if (o.interface && (o.interface === o.bridge || o.interface === o.tap))
     throw usage(`--interface ${o.interface} is also the bridge or tap name`, 'the bridge and tap must be new names');
   if (o.persistTap && o.queues > 1) throw usage('--persist-tap makes a single-queue tap (Firecracker opens it without IFF_MULTI_QUEUE)', 'drop --queues or --persist-tap');
   if (o.qmp && o.chApi) throw usage('--qmp and --ch-api both given', 'hot-plug into one VMM: choose one');
   if (command === 'exec' && !o.fdSocket) throw usage('`podtap exec` needs --fd-socket PATH', 'point it at the socket `podtap up --fd-socket` serves');
-  if (raw.has('qmp-bus') && !o.qmp) throw usage('--qmp-bus without --qmp', 'add --qmp PATH');
-  if (raw.has('fd-socket-mode') && !o.fdSocket) throw usage('--fd-socket-mode without --fd-socket', 'add --fd-socket PATH');
+  if (raw.has('qmp-bus') && !o.qmp) throw usage(`${raw.get('qmp-bus')!.where} without --qmp`, 'add --qmp PATH (or PODTAP_QMP)');
+  if (raw.has('fd-socket-mode') && !o.fdSocket) throw usage(`${raw.get('fd-socket-mode')!.where} without --fd-socket`, 'add --fd-socket PATH (or PODTAP_FD_SOCKET)');
 }

@@ -16,20 +16,23 @@ export interface Serving {
   close(): Promise<void>;
 }
 
-/** The VMM sees the queue fds at 3, 4, ... in queue order. */
-export function renderVmmArgv(argv: string[], session: Session, opts: Pick<Options, 'tap' | 'bridge'>): string[] {
+function substitute(argv: string[], input: Parameters<typeof substituteArgv>[1]): string[] {
   try {
-    return substituteArgv(argv, {
-      fds: session.fds.map((_, i) => 3 + i),
-      mac: session.vm.mac,
-      mtu: session.vm.mtu,
-      tap: opts.tap,
-      bridge: opts.bridge,
-    });
+    return substituteArgv(argv, input);
   } catch (e) {
     if (e instanceof PlaceholderError) throw new PodtapError('usage', e.message, 'fix the placeholder in the VMM arguments (see `podtap --help`)');
     throw e;
   }
+}
+
+/** The VMM sees the queue fds at 3, 4, ... in queue order. */
+export function renderVmmArgv(argv: string[], session: Session, opts: Pick<Options, 'tap' | 'bridge'>): string[] {
+  return substitute(argv, { fds: session.fds.map((_, i) => 3 + i), mac: session.vm.mac, mtu: session.vm.mtu, tap: opts.tap, bridge: opts.bridge });
+}
+
+/** Refuses unknown placeholders before setup, with stand-in values of the right shape. */
+export function checkVmmArgv(argv: string[], opts: Pick<Options, 'tap' | 'bridge' | 'queues'>): void {
+  substitute(argv, { fds: Array.from({ length: opts.queues }, (_, i) => 3 + i), mac: '02:00:00:00:00:00', mtu: 1500, tap: opts.tap, bridge: opts.bridge });
 }
 
 /** The device id podtap gives its NIC in the VMM. */

@@ -13,7 +13,7 @@
 // `description` is what the VMM needs besides the fds: mac, mtu, queues,
 // tap, bridge, ip, ...
 
-import { accessSync, chmodSync, writeSync, constants as fsConstants, lstatSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
+import { accessSync, chmodSync, writeSync, constants as fsConstants, lstatSync, statSync, unlinkSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import path from 'node:path';
 import { type PlaceholderInput, substituteArgv } from './placeholders.ts';
@@ -102,7 +102,6 @@ export async function serveFds(opts: ServeFdsOptions): Promise<FdServer> {
   const current = async (): Promise<readonly number[]> => (typeof opts.fds === 'function' ? opts.fds() : opts.fds);
   if (typeof opts.fds !== 'function' && opts.fds.length < 1) throw new RangeError('serveFds needs at least one fd');
 
-  mkdirSync(path.dirname(sockPath), { recursive: true });
   clearStaleSocket(sockPath);
 
   let served = 0;

@@ -3,7 +3,7 @@
 // and exec a program that finds the tap at fd 3 and 4.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, chmodSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -82,6 +82,8 @@ beforeAll(async () => {
   dir = mkdtempSync(path.join(tmpdir(), 'ph-fds-'));
   // Searchable by anyone, so only the socket's own mode keeps others out.
   chmodSync(dir, 0o755);
+  // serveFds never creates directories (podtap checks them up front).
+  mkdirSync(path.join(dir, 'run'));
   sockPath = path.join(dir, 'run', 'fds.sock');
   server = spawn('ip', ['netns', 'exec', ns, NODE, '--input-type=module', '-e', SERVER, sockPath], {
     stdio: ['ignore', 'pipe', 'inherit'],
