@@ -76,9 +76,23 @@ export const kernel: Effects = {
   },
 };
 
-/** Runs the do-actions of steps in order, one `ip -batch` per run of consecutive ip lines. */
+/** Runs one step's nft actions; for steps that run in the background. */
+async function runNftStep(step: Step, fx: Effects): Promise<void> {
+  for (const a of step.do) {
+    if (!('nft' in a)) throw new StepFailure(step.id, 'only nft actions can run in the background');
+    const err = await fx.nft(a.nft);
+    if (err) throw new StepFailure(step.id, `nft: ${err}`);
+  }
+}
+
+/**
+ * Runs the do-actions of steps in order, one `ip -batch` per run of
+ * consecutive ip lines; background steps run alongside and are waited for
+ * before this returns or throws, so a rollback never races them.
+ */
 export async function execute(steps: Step[], rt: Runtime, tapFds: number[]): Promise<void> {
   const fx = rt.effects ?? kernel;
+  const background = steps.length > 1 ? steps.filter((s) => s.background).map((s) => runNftStep(s, fx)) : [];
   let lines: { line: string; step: Step }[] = [];
   const flush = async () => {
     if (!lines.length) return;
@@ -91,26 +105,37 @@ export async function execute(steps: Step[], rt: Runtime, tapFds: number[]): Pro
       throw new StepFailure(step.id, `ip ${f.command}: ${f.message}`);
     }
   };
-  for (const step of steps) {
-    for (const a of step.do) {
-      if ('ip' in a) {
-        lines.push({ line: a.ip, step });
-        continue;
-      }
-      await flush();
-      try {
-        if ('sysctl' in a) fx.sysctl(a.sysctl, a.value);
-        else if ('nft' in a) {
-          const err = await fx.nft(a.nft);
-          if (err) throw new StepFailure(step.id, `nft: ${err}`);
-        } else if ('tap' in a) tapFds.push(...rt.openTap(a.tap));
-      } catch (e) {
-        if (e instanceof PodtapError) throw e;
-        throw new StepFailure(step.id, (e as Error).message, e);
+  let error: unknown;
+  try {
+    for (const step of steps) {
+      if (step.background && steps.length > 1) continue;
+      for (const a of step.do) {
+        if ('ip' in a) {
+          lines.push({ line: a.ip, step });
+          continue;
+        }
+        await flush();
+        try {
+          if ('sysctl' in a) fx.sysctl(a.sysctl, a.value);
+          else if ('nft' in a) {
+            const err = await fx.nft(a.nft);
+            if (err) throw new StepFailure(step.id, `nft: ${err}`);
+          } else if ('tap' in a) tapFds.push(...rt.openTap(a.tap));
+        } catch (e) {
+          if (e instanceof PodtapError) throw e;
+          throw new StepFailure(step.id, (e as Error).message, e);
+        }
       }
     }
+    await flush();
+  } catch (e) {
+    error = e;
   }
-  await flush();
+  const settled = await Promise.allSettled(background);
+  // A foreground failure is the one to report; otherwise a background one.
+  if (error) throw error;
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
 }
 
 /**
@@ -166,8 +191,18 @@ export async function undoSteps(steps: Step[], rt: Pick<Runtime, 'log' | 'effect
     }
   };
   const reversed = [...steps].reverse();
+  // Background steps' undo (the guard) runs alongside the rest, except when a
+  // fault is injected: then every step must land in its exact place.
+  const background = fault ? [] : reversed.filter((s) => s.background).map(async (step) => {
+    for (const a of step.undo) {
+      if (!('nft' in a)) continue;
+      const err = await fx.nft(a.nft);
+      if (err) failures.push(`${step.id}: nft: ${err}`);
+    }
+  });
   for (let k = 0; k < reversed.length; k++) {
     const step = reversed[k]!;
+    if (step.background && !fault) continue;
     const faulty = fault?.phase === 'teardown' && fault.step === k;
     if (faulty) await flush();
     if (faulty && fault.when === 'before') die();
@@ -194,6 +229,7 @@ export async function undoSteps(steps: Step[], rt: Pick<Runtime, 'log' | 'effect
     }
   }
   await flush();
+  await Promise.all(background);
   if (deferred.length) {
     await fx.settle();
     for (const f of await fx.ipBatch(deferred.map((l) => l.line), { force: true })) {

@@ -96,6 +96,8 @@ async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log:
     wake?.();
   });
 
+  // The DHCP modules load while the namespace is being set up.
+  if (opts.dhcp) for (const m of [import('./dhcp/config.ts'), import('./dhcp/server.ts')]) m.catch(() => {});
   let session: Session | undefined;
   let serving: Serving | undefined;
   let exitCode = 0;

@@ -5,7 +5,8 @@
 // file, fsync, rename) and carries a checksum, so a crash mid-write leaves the
 // previous version and a damaged file is refused rather than half-applied.
 
-import { createHash, randomUUID } from 'node:crypto';
+import { crc32 } from 'node:zlib';
+import { randomId } from './random.ts';
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, readlinkSync, renameSync, unlinkSync, writeSync, accessSync, constants } from 'node:fs';
 import { join } from 'node:path';
 import { PodtapError } from './errors.ts';
@@ -54,27 +55,29 @@ export function alive(pid: number, start: string): boolean {
   return processStart(pid) === start;
 }
 
+// CRC-32 finds torn or damaged files, which is all the journal needs; it
+// spares loading node:crypto at start-up.
 function checksum(body: string): string {
-  return createHash('sha256').update(body).digest('hex');
+  return crc32(body).toString(16).padStart(8, '0');
 }
 
 export function serialize(state: JournalState): string {
   const body = JSON.stringify(state);
-  return JSON.stringify({ sha256: checksum(body), body }) + '\n';
+  return JSON.stringify({ crc32: checksum(body), body }) + '\n';
 }
 
 /** Parses and verifies a journal file's text; throws PodtapError('journal') on anything not ours or damaged. */
 export function deserialize(text: string, path: string): JournalState {
   const refuse = (why: string) =>
     new PodtapError('journal', `the journal ${path} ${why}`, `it was not written by this podtap run; if you are sure the namespace is as it should be, move the file away and retry`);
-  let outer: { sha256?: unknown; body?: unknown };
+  let outer: { crc32?: unknown; body?: unknown };
   try {
     outer = JSON.parse(text);
   } catch {
     throw refuse('is not valid JSON (corrupt)');
   }
-  if (typeof outer.body !== 'string' || typeof outer.sha256 !== 'string') throw refuse('is not a podtap journal');
-  if (checksum(outer.body) !== outer.sha256) throw refuse('fails its checksum (corrupt)');
+  if (typeof outer.body !== 'string' || typeof outer.crc32 !== 'string') throw refuse('is not a podtap journal');
+  if (checksum(outer.body) !== outer.crc32) throw refuse('fails its checksum (corrupt)');
   const state = JSON.parse(outer.body) as JournalState;
   if (state.format !== FORMAT) throw refuse(`has format ${JSON.stringify(state.format)}, expected ${FORMAT}`);
   if (!Array.isArray(state.steps)) throw refuse('has no step list');
@@ -117,7 +120,7 @@ export class Journal {
   static create(dir: string, init: Omit<JournalState, 'format' | 'runId' | 'pid' | 'pidStart' | 'netns' | 'createdAt' | 'phase' | 'steps'>): Journal {
     const state: JournalState = {
       format: FORMAT,
-      runId: randomUUID(),
+      runId: randomId(),
       pid: process.pid,
       pidStart: processStart(process.pid) ?? '',
       netns: currentNetns(),

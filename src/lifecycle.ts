@@ -2,12 +2,13 @@
 // (journaled) → serve → undo. `up`, `run` and `down` are thin shells over
 // these functions.
 
-import { randomBytes } from 'node:crypto';
+import { randomLaaMac } from './random.ts';
 import { readFileSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { applyPlan, undoSteps, type Fault } from './apply.ts';
 import { discover } from './discover.ts';
+import { takeObservation } from './prefetch.ts';
 import { PodtapError } from './errors.ts';
 import { Journal, Lock, prepareStateDir } from './journal.ts';
 import type { Logger } from './log.ts';
@@ -82,11 +83,6 @@ export function checkSocketPaths(opts: Pick<Options, 'fdSocket' | 'qmp' | 'chApi
   }
 }
 
-function laaMac(): string {
-  const b = randomBytes(6);
-  b[0] = (b[0]! & 0xfc) | 0x02; // unicast, locally administered
-  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
-}
 
 async function loadNative() {
   return import('./sys/native.ts');
@@ -164,10 +160,13 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
     }
 
     const t1 = performance.now();
-    const { pod, observed } = await discover({ ...(opts.interface ? { interface: opts.interface } : {}), resolvConf: opts.resolvConf, resolvConfRequired: opts.resolvConf !== '/etc/resolv.conf' });
+    // koffi (for the TAP) loads while `ip` reads the namespace.
+    const nativeP = loadNative();
+    nativeP.catch(() => {});
+    const { pod, observed } = await discover({ ...(opts.interface ? { interface: opts.interface } : {}), resolvConf: opts.resolvConf, resolvConfRequired: opts.resolvConf !== '/etc/resolv.conf' }, await takeObservation());
     const t2 = performance.now();
-    const bridgeMac = laaMac();
-    const vethMac = laaMac();
+    const bridgeMac = randomLaaMac();
+    const vethMac = randomLaaMac();
     const p = plan(
       pod,
       observed.links,
@@ -186,7 +185,7 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
     const t3 = performance.now();
     if (hooks.stopRequested()) throw new StoppedBeforeSetup();
 
-    const native = await loadNative();
+    const native = await nativeP;
     let tapMs = 0;
     const journal = Journal.create(opts.stateDir, {
       settings: { bridge: opts.bridge, tap: opts.tap, queues: opts.queues, persistTap: opts.persistTap, antispoof: opts.antispoof },

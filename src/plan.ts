@@ -175,13 +175,6 @@ export function plan(pod: PodNetwork, links: Link[], opts: PlanOptions, gen: Gen
       undo: [ip(addrRestore(a, dev)), ...strayPrefixRoutes(a, pod.routes, dev).map(ip)],
     }),
   );
-  const v6key = `net/ipv6/conf/${dev}/disable_ipv6`;
-  if (pod.sysctls[v6key] === '0') {
-    // A bridge port must not speak IPv6 of its own (RS, MLD, DAD) with the
-    // pod's identity gone; disabling also drops the kernel link-local address.
-    steps.push({ id: 'veth-ipv6-off', do: [{ sysctl: v6key, value: '1' }], undo: [{ sysctl: v6key, value: '0' }] });
-  }
-
   // 2. The VM takes the veth's MAC; the veth gets a generated one.
   steps.push({ id: 'veth-mac', do: [ip(`link set dev ${dev} address ${gen.vethMac}`)], undo: [ip(`link set dev ${dev} address ${pod.link.mac}`)] });
 
@@ -218,7 +211,21 @@ export function plan(pod: PodNetwork, links: Link[], opts: PlanOptions, gen: Gen
     undo: [],
   });
 
-  // 6. The guard.
+  // 6. A bridge port must not speak IPv6 of its own (RS, MLD, DAD) with the
+  // pod's identity gone; disabling also drops the kernel's link-local
+  // address. It comes after the one `ip -batch` of link changes, so its undo
+  // puts the original MAC back first: the kernel derives the link-local
+  // address from the MAC when IPv6 comes back on.
+  const v6key = `net/ipv6/conf/${dev}/disable_ipv6`;
+  if (pod.sysctls[v6key] === '0') {
+    steps.push({
+      id: 'veth-ipv6-off',
+      do: [{ sysctl: v6key, value: '1' }],
+      undo: [ip(`link set dev ${dev} address ${pod.link.mac}`), { sysctl: v6key, value: '0' }],
+    });
+  }
+
+  // 7. The guard.
   const v4s = pod.addresses.filter((a) => a.family === 'inet').map((a) => a.local);
   const v6s = pod.addresses.filter((a) => a.family === 'inet6' && a.scope === 'global').map((a) => a.local);
   steps.push({
@@ -235,6 +242,7 @@ export function plan(pod: PodNetwork, links: Link[], opts: PlanOptions, gen: Gen
       },
     ],
     undo: [{ nft: guardRemoval() }],
+    background: true,
   });
   return { vm, linkLocal: ll, steps };
 }

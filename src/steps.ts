@@ -22,6 +22,12 @@ export interface Step {
   id: string; // stable, human-readable: "route-del/2", "bridge-add", ...
   do: Action[];
   undo: Action[];
+  /**
+   * Independent of every other step (the guard matches interface names as
+   * text, so it can load before the links exist): run alongside the others.
+   * Write-ahead is unaffected, the journal holds it before anything runs.
+   */
+  background?: boolean;
 }
 
 const FAMILY_DEFAULT = { inet: 'default', inet6: '::/0' } as const;

@@ -69,11 +69,18 @@ describe('plan', () => {
     expect(order).toEqual(['10.26.0.0/24', '10.77.0.0/16', 'default']);
   });
 
-  it('disables IPv6 on the port and re-enables it after the MAC is back (link-local derives from it)', () => {
+  it('disables IPv6 on the port and re-enables it only once the MAC is back (link-local derives from it)', () => {
     const p = plan(SHAPES.dualstack, links(), OPTS, GEN);
     const ids = p.steps.map((s) => s.id);
-    expect(ids.indexOf('veth-ipv6-off')).toBeLessThan(ids.indexOf('veth-mac'));
-    expect(p.steps.find((s) => s.id === 'veth-ipv6-off')!.undo).toEqual([{ sysctl: 'net/ipv6/conf/eth0/disable_ipv6', value: '0' }]);
+    // After the single batch of link changes, so the sysctl splits nothing.
+    expect(ids.indexOf('veth-ipv6-off')).toBeGreaterThan(ids.indexOf('bridge-up'));
+    expect(p.steps.find((s) => s.id === 'veth-ipv6-off')!.undo).toEqual([
+      { ip: `link set dev eth0 address ${SHAPES.dualstack.link.mac}` },
+      { sysctl: 'net/ipv6/conf/eth0/disable_ipv6', value: '0' },
+    ]);
+    // Every ip action of setup is in one run: nothing but the tap opening comes before it.
+    const kinds = p.steps.flatMap((s) => (s.background ? [] : s.do.map((a) => Object.keys(a)[0])));
+    expect(kinds.join(' ').replace(/(ip )+/g, 'ip ')).toBe('tap ip sysctl');
   });
 
   it('uses --queues, --tap-owner and --persist-tap in the tap step', () => {
