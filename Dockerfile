@@ -5,12 +5,14 @@
 #   docker run --cap-add NET_ADMIN --device /dev/net/tun IMAGE run -- qemu-system-x86_64 ...
 # In Kubernetes see init/pod-entrypoint.yaml and init/pod-sidecar.yaml.
 FROM node:24-bookworm-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund --ignore-scripts
+RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-RUN npx tsc -p tsconfig.build.json && touch dist/.built
+# TypeScript to dist/, and the small Node-API addon for the TAP syscalls.
+RUN npm run build
 
 FROM node:24-bookworm-slim
 
@@ -19,10 +21,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/podtap
-COPY package.json package-lock.json ./
-# Production dependencies only: the image's own Node 24 runs podtap, so the
-# `node` devDependency (used on development machines) is not needed here.
-RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+# podtap has no runtime npm dependencies: the image's own Node 24 runs the
+# compiled dist/ (the `node` devDependency is for development machines).
+COPY package.json ./
 COPY --from=build /src/dist ./dist
 COPY init ./init
 RUN ln -s /opt/podtap/init/podtap /usr/local/bin/podtap

@@ -173,7 +173,7 @@ function analyse(trace: Trace, spawnEpoch: number, readyEpoch: number, timings: 
     'fsync (journal)': fsyncMs,
     'sysctl writes': sysctlMs,
     'DHCP sockets: create → listening': udpMs,
-    'other JS in setUp/serve (parse, plan, koffi + dhcp imports, TAP ioctl, journal JSON, awaits)': setupToReady - childMs - fsyncMs - sysctlMs - udpMs,
+    'other JS in setUp/serve (parse, plan, native addon + dhcp imports, TAP ioctl, journal JSON, awaits)': setupToReady - childMs - fsyncMs - sysctlMs - udpMs,
     'ready write → benchmark reads it': readyEpoch - (T0 + sReady),
   };
   const timeline: TracedRun['timeline'] = [];

@@ -160,7 +160,7 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
     }
 
     const t1 = performance.now();
-    // koffi (for the TAP) loads while `ip` reads the namespace.
+    // The native addon (for the TAP) loads while `ip` reads the namespace.
     const nativeP = loadNative();
     nativeP.catch(() => {});
     const { pod, observed } = await discover({ ...(opts.interface ? { interface: opts.interface } : {}), resolvConf: opts.resolvConf, resolvConfRequired: opts.resolvConf !== '/etc/resolv.conf' }, await takeObservation());

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES="iproute2 nftables ebtables qemu-system-x86 busybox-static linux-image-amd64 \
 containernetworking-plugins isc-dhcp-client dhcpcd-base kea-admin dnsmasq-base tcpdump \
-cpio iputils-ping procps util-linux psmisc"
+cpio iputils-ping procps util-linux psmisc gcc libc6-dev"
 
 if [ "$(id -u)" != 0 ]; then
   echo "test/install.sh: run as root (podtap's tests create network namespaces and install Debian packages)" >&2

@@ -1,13 +1,15 @@
 // The few Linux syscalls Node has no binding for (TAP ioctls, SCM_RIGHTS,
-// dup/fcntl on raw fds, setns), over koffi. Everything that touches raw
-// memory layouts lives here so the rest of podtap deals in numbers and
-// Buffers only.
+// dup/fcntl on raw fds, setns), over our own small Node-API addon
+// (native.c, built to dist/native.node by `npm run build`). The addon only
+// wraps syscalls; everything that gives them meaning lives here, so the rest
+// of podtap deals in numbers and Buffers only.
 //
 // Layouts and constants are those of 64-bit little-endian Linux with the
 // generic ioctl encoding (x86_64, arm64). Other targets are refused when libc
 // is first loaded rather than silently mis-encoding a struct.
 
-import koffi from 'koffi';
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { getSystemErrorMessage, getSystemErrorName } from 'node:util';
 import type { Server, Socket } from 'node:net';
@@ -111,78 +113,59 @@ function fail(syscall: string, errno: number, what: string): never {
 
 // ------------------------------------------------------------------- libc
 
-type Fn = (...args: any[]) => any;
-
-interface Libc {
-  open: Fn;
-  close: Fn;
-  ioctl: Fn; // variadic: (fd, req, type, value)
-  fcntl: Fn; // variadic: (fd, cmd, type, value)
-  dup2: Fn;
-  socket: Fn;
-  socketpair: Fn;
-  connect: Fn;
-  sendmsg: Fn;
-  recvmsg: Fn;
-  poll: Fn;
-  setns: Fn;
-  if_nametoindex: Fn;
+// Each wrapper returns the syscall's result, or -errno (EINTR already retried).
+interface Addon {
+  open(path: string, flags: number, mode: number): number;
+  close(fd: number): number;
+  ioctlBuf(fd: number, request: number, buf: Buffer): number;
+  ioctlInt(fd: number, request: number, value: number): number;
+  fcntl(fd: number, cmd: number, arg: number): number;
+  dup2(from: number, to: number): number;
+  socketPair(domain: number, type: number, protocol: number): [number, number] | number;
+  connectUnix(path: string): number;
+  sendFds(fd: number, data: Uint8Array, offset: number, length: number, fds: readonly number[], flags: number): number;
+  recvFds(fd: number, maxBytes: number, maxFds: number, flags: number): { n: number; data: Buffer; fds: number[]; flags: number } | number;
+  poll1(fd: number, events: number, timeoutMs: number): number;
+  setns(fd: number, nsType: number): number;
+  ifNameToIndex(name: string): number;
 }
 
-let libcCache: Libc | undefined;
+let addonCache: Addon | undefined;
 
 // Loaded on first use so commands that never touch a raw fd don't pay for
-// dlopen and koffi's setup.
-function libc(): Libc {
-  if (libcCache) return libcCache;
+// it. dist/sys/native.js finds it at dist/native.node, and so does
+// src/sys/native.ts when run from the sources.
+function libc(): Addon {
+  if (addonCache) return addonCache;
   if (process.platform !== 'linux' || (process.arch !== 'x64' && process.arch !== 'arm64')) {
-    throw new Error(
-      `podtap's native layer supports Linux on x86_64 and arm64 only (this is ${process.platform}/${process.arch})`,
-    );
+    throw new Error(`podtap's native layer supports Linux on x86_64 and arm64 only (this is ${process.platform}/${process.arch})`);
   }
-  const lib = koffi.load('libc.so.6');
-  libcCache = {
-    open: lib.func('int open(const char *path, int flags, uint32_t mode)'),
-    close: lib.func('int close(int fd)'),
-    ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
-    fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),
-    dup2: lib.func('int dup2(int oldfd, int newfd)'),
-    socket: lib.func('int socket(int domain, int type, int protocol)'),
-    socketpair: lib.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)'),
-    connect: lib.func('int connect(int fd, const void *addr, uint32_t addrlen)'),
-    sendmsg: lib.func('intptr_t sendmsg(int fd, void *msg, int flags)'),
-    recvmsg: lib.func('intptr_t recvmsg(int fd, void *msg, int flags)'),
-    poll: lib.func('int poll(void *fds, unsigned long nfds, int timeout)'),
-    setns: lib.func('int setns(int fd, int nstype)'),
-    if_nametoindex: lib.func('unsigned int if_nametoindex(const char *name)'),
-  };
-  return libcCache;
+  const candidates = [new URL('../native.node', import.meta.url), new URL('../../dist/native.node', import.meta.url)];
+  const found = candidates.find((u) => existsSync(u));
+  if (!found) throw new Error('podtap\'s native addon (dist/native.node) is missing: run `npm run build` (it needs a C compiler)');
+  addonCache = createRequire(import.meta.url)(found.pathname) as Addon;
+  return addonCache;
 }
 
-// Runs a syscall wrapper, retrying on EINTR, and returns [result, errno].
-// errno is read straight after the call, before any other native code runs.
-function call(fn: () => number | bigint): [number, number] {
-  for (;;) {
-    const r = Number(fn());
-    if (r >= 0) return [r, 0];
-    const errno = koffi.errno();
-    if (errno !== E.EINTR) return [r, errno];
-  }
+// Runs a syscall wrapper and returns [result, errno] in the style of C.
+function call(fn: () => number): [number, number] {
+  const r = fn();
+  return r >= 0 ? [r, 0] : [-1, -r];
 }
 
 function ioctlPtr(fd: number, request: number, buf: Buffer): [number, number] {
   const c = libc();
-  return call(() => c.ioctl(fd, request, 'void *', buf));
+  return call(() => c.ioctlBuf(fd, request, buf));
 }
 
 function ioctlInt(fd: number, request: number, value: number): [number, number] {
   const c = libc();
-  return call(() => c.ioctl(fd, request, 'unsigned long', value));
+  return call(() => c.ioctlInt(fd, request, value));
 }
 
 function fcntlInt(fd: number, cmd: number, value: number, what: string): number {
   const c = libc();
-  const [r, errno] = call(() => c.fcntl(fd, cmd, 'int', value));
+  const [r, errno] = call(() => c.fcntl(fd, cmd, value));
   if (r < 0) fail('fcntl', errno, what);
   return r;
 }
@@ -190,13 +173,9 @@ function fcntlInt(fd: number, cmd: number, value: number, what: string): number 
 // ---------------------------------------------------------------- plain fds
 
 export function closeFd(fd: number): void {
-  const c = libc();
   // Linux releases the fd even when close reports EINTR, so never retry.
-  const r = c.close(fd) as number;
-  if (r < 0) {
-    const errno = koffi.errno();
-    if (errno !== E.EINTR) fail('close', errno, `close fd ${fd}`);
-  }
+  const [r, errno] = call(() => libc().close(fd));
+  if (r < 0 && errno !== E.EINTR) fail('close', errno, `close fd ${fd}`);
 }
 
 // Closes every fd, reporting nothing: for cleanup paths that already carry
@@ -263,7 +242,7 @@ export function setns(fd: number, nsType: number): void {
 
 // 0 when no link has that name in the current network namespace.
 export function ifNameToIndex(name: string): number {
-  return libc().if_nametoindex(name) as number;
+  return libc().ifNameToIndex(name);
 }
 
 // -------------------------------------------------------------------- TAP
@@ -410,20 +389,15 @@ export function setVnetHdrSize(fd: number, size: number): void {
 // following syscall reports them.
 export function waitFd(fd: number, events: 'read' | 'write', timeoutMs: number): boolean {
   const c = libc();
-  const pfd = Buffer.alloc(8);
-  pfd.writeInt32LE(fd, 0);
-  pfd.writeInt16LE(events === 'read' ? POLLIN : POLLOUT, 4);
   const deadline = Date.now() + Math.max(0, timeoutMs);
   for (;;) {
     const left = Math.max(0, deadline - Date.now());
-    const r = c.poll(pfd, 1, Math.min(left, 2 ** 31 - 1)) as number;
-    if (r > 0) {
-      const rev = pfd.readInt16LE(6);
+    const [rev, errno] = call(() => c.poll1(fd, events === 'read' ? POLLIN : POLLOUT, Math.min(left, 2 ** 31 - 1)));
+    if (rev > 0) {
       if (rev & POLLNVAL) throw new SyscallError('poll', E.EBADF, `poll fd ${fd}: not an open fd`);
       return (rev & (POLLIN | POLLOUT | POLLERR | POLLHUP)) !== 0;
     }
-    if (r === 0) return false;
-    const errno = koffi.errno();
+    if (rev === 0) return false;
     if (errno !== E.EINTR) fail('poll', errno, `poll fd ${fd}`);
   }
 }
@@ -431,29 +405,22 @@ export function waitFd(fd: number, events: 'read' | 'write', timeoutMs: number):
 // Resolves once fd is readable (or hung up), without blocking the event
 // loop. Only for fds libuv does not already watch (ours from connectUnix or
 // socketPair), since an fd can be registered with epoll only once.
+// Short zero-timeout polls on a timer rather than an epoll registration:
+// this waits on fds that libuv doesn't own, for a client's few messages.
 export function whenReadable(fd: number, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve, reject) => {
-    let done = false;
-    let handle: { close(): void } | undefined;
-    const finish = (ready: boolean, err?: unknown): void => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
+    const deadline = Date.now() + Math.max(0, timeoutMs);
+    const check = (): void => {
       try {
-        handle?.close();
-      } catch {
-        // closing a poll handle that already failed
+        if (waitFd(fd, 'read', 0)) return resolve(true);
+      } catch (err) {
+        return reject(err);
       }
-      if (err) reject(err instanceof Error ? err : new Error(String(err)));
-      else resolve(ready);
+      const left = deadline - Date.now();
+      if (left <= 0) return resolve(false);
+      setTimeout(check, Math.min(5, left));
     };
-    const timer = setTimeout(() => finish(false), Math.max(0, timeoutMs));
-    try {
-      libc();
-      handle = koffi.node.poll(fd, { readable: true, disconnect: true }, () => finish(true));
-    } catch (err) {
-      finish(false, err);
-    }
+    check();
   });
 }
 
@@ -473,104 +440,24 @@ export function socketFdOf(sock: Socket | Server): number {
 }
 
 export function socketPair(): [number, number] {
-  const c = libc();
-  const sv = new Int32Array(2);
-  const [r, errno] = call(() => c.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv));
-  if (r < 0) fail('socketpair', errno, 'create a Unix socket pair');
-  return [sv[0] ?? -1, sv[1] ?? -1];
-}
-
-function sockaddrUn(path: string): Buffer {
-  const len = Buffer.byteLength(path);
-  if (len === 0 || len >= SUN_PATH_MAX) {
-    throw new SyscallError(
-      'connect',
-      E.ENAMETOOLONG,
-      `Unix socket path ${JSON.stringify(path)} must be 1-${SUN_PATH_MAX - 1} bytes (it is ${len}); use a shorter path`,
-    );
-  }
-  const addr = Buffer.alloc(2 + SUN_PATH_MAX);
-  addr.writeUInt16LE(AF_UNIX, 0);
-  addr.write(path, 2, 'utf8');
-  return addr;
+  const r = libc().socketPair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (typeof r === 'number') fail('socketpair', -r, 'create a Unix socket pair');
+  return r;
 }
 
 // A blocking, close-on-exec stream socket connected to the Unix socket at
 // `path`. Errors carry the errno code (ENOENT, ECONNREFUSED, EACCES...).
 export function connectUnix(path: string): number {
-  const c = libc();
-  const addr = sockaddrUn(path);
-  const [fd, sockErr] = call(() => c.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (fd < 0) fail('socket', sockErr, 'create a Unix socket');
-  const [r, errno] = call(() => c.connect(fd, addr, 2 + Buffer.byteLength(path) + 1));
-  if (r < 0) {
-    closeAllQuietly([fd]);
-    fail('connect', errno, `connect to ${path}`);
+  const len = Buffer.byteLength(path);
+  if (len === 0 || len >= SUN_PATH_MAX) {
+    throw new SyscallError('connect', E.ENAMETOOLONG, `Unix socket path ${JSON.stringify(path)} must be 1-${SUN_PATH_MAX - 1} bytes (it is ${len}); use a shorter path`);
   }
+  const [fd, errno] = call(() => libc().connectUnix(path));
+  if (fd < 0) fail('connect', errno, `connect to ${path}`);
   return fd;
 }
 
 // ------------------------------------------------------------- SCM_RIGHTS
-
-const MSGHDR_SIZE = 56;
-const IOVEC_SIZE = 16;
-const CMSGHDR_SIZE = 16;
-
-const align8 = (n: number): number => (n + 7) & ~7;
-const cmsgSpace = (dataLen: number): number => CMSGHDR_SIZE + align8(dataLen);
-
-// One block of native memory holding msghdr, iovec, control data and the
-// payload, so that every pointer inside it stays valid for the syscall
-// (Buffers passed as plain arguments would, but pointers nested in structs
-// need addresses that koffi can't give for JS memory).
-class MsgBlock {
-  readonly ptr: unknown;
-  readonly base: bigint;
-  readonly view: DataView;
-  readonly bytes: Uint8Array;
-  readonly dataOff: number;
-  readonly ctrlOff: number;
-
-  constructor(dataLen: number, ctrlLen: number) {
-    this.ctrlOff = MSGHDR_SIZE + IOVEC_SIZE;
-    this.dataOff = this.ctrlOff + align8(ctrlLen);
-    const total = this.dataOff + Math.max(dataLen, 1);
-    this.ptr = koffi.alloc('uint8_t', total);
-    this.base = koffi.address(this.ptr);
-    const ab = koffi.view(this.ptr, total);
-    this.view = new DataView(ab);
-    this.bytes = new Uint8Array(ab);
-    this.bytes.fill(0);
-    const v = this.view;
-    // msghdr: name=NULL, namelen=0, iov, iovlen=1, control, controllen, flags
-    v.setBigUint64(16, this.base + BigInt(MSGHDR_SIZE), true);
-    v.setBigUint64(24, 1n, true);
-    v.setBigUint64(32, ctrlLen > 0 ? this.base + BigInt(this.ctrlOff) : 0n, true);
-    v.setBigUint64(40, BigInt(ctrlLen), true);
-    // iovec: base, len
-    v.setBigUint64(MSGHDR_SIZE, this.base + BigInt(this.dataOff), true);
-    v.setBigUint64(MSGHDR_SIZE + 8, BigInt(dataLen), true);
-  }
-
-  setData(data: Uint8Array): void {
-    this.bytes.set(data, this.dataOff);
-  }
-
-  // Points the iovec at data[offset..offset+len) of what setData copied in.
-  window(offset: number, len: number): void {
-    this.view.setBigUint64(MSGHDR_SIZE, this.base + BigInt(this.dataOff + offset), true);
-    this.view.setBigUint64(MSGHDR_SIZE + 8, BigInt(len), true);
-  }
-
-  dropControl(): void {
-    this.view.setBigUint64(32, 0n, true);
-    this.view.setBigUint64(40, 0n, true);
-  }
-
-  free(): void {
-    koffi.free(this.ptr);
-  }
-}
 
 // Sends data with fds attached as one SCM_RIGHTS message. The fds travel
 // with the first byte; if the socket takes only part of the data, the rest
@@ -584,38 +471,22 @@ export function sendFds(socketFd: number, data: Uint8Array, fds: readonly number
   const timeoutMs = opts.timeoutMs ?? 5000;
   const deadline = Date.now() + timeoutMs;
   const c = libc();
-  const fdBytes = fds.length * 4;
-  const ctrlLen = fds.length > 0 ? cmsgSpace(fdBytes) : 0;
-  const msg = new MsgBlock(data.length, ctrlLen);
-  try {
-    if (fds.length > 0) {
-      const o = msg.ctrlOff;
-      msg.view.setBigUint64(o, BigInt(CMSGHDR_SIZE + fdBytes), true);
-      msg.view.setInt32(o + 8, SOL_SOCKET, true);
-      msg.view.setInt32(o + 12, SCM_RIGHTS, true);
-      fds.forEach((fd, i) => msg.view.setInt32(o + CMSGHDR_SIZE + 4 * i, fd, true));
+  let sent = 0;
+  while (sent < data.length) {
+    // The fds go with the first chunk only.
+    const [n, errno] = call(() => c.sendFds(socketFd, data, sent, data.length - sent, sent === 0 ? fds : [], MSG_NOSIGNAL));
+    if (n >= 0) {
+      sent += n;
+      continue;
     }
-    msg.setData(data);
-    let sent = 0;
-    while (sent < data.length) {
-      msg.window(sent, data.length - sent);
-      const [n, errno] = call(() => c.sendmsg(socketFd, msg.ptr, MSG_NOSIGNAL));
-      if (n >= 0) {
-        if (sent === 0 && n > 0) msg.dropControl();
-        sent += n;
-        continue;
+    if (errno === E.EAGAIN || errno === E.EWOULDBLOCK) {
+      const left = deadline - Date.now();
+      if (left <= 0 || !waitFd(socketFd, 'write', left)) {
+        throw new SyscallError('sendmsg', E.ETIMEDOUT, `sendmsg on fd ${socketFd}: the peer did not read for ${timeoutMs} ms`);
       }
-      if (errno === E.EAGAIN || errno === E.EWOULDBLOCK) {
-        const left = deadline - Date.now();
-        if (left <= 0 || !waitFd(socketFd, 'write', left)) {
-          throw new SyscallError('sendmsg', E.ETIMEDOUT, `sendmsg on fd ${socketFd}: the peer did not read for ${timeoutMs} ms`);
-        }
-        continue;
-      }
-      fail('sendmsg', errno, `send ${fds.length} fd(s) on socket fd ${socketFd}`);
+      continue;
     }
-  } finally {
-    msg.free();
+    fail('sendmsg', errno, `send ${fds.length} fd(s) on socket fd ${socketFd}`);
   }
 }
 
@@ -625,44 +496,17 @@ export interface Received {
 }
 
 function recvOnce(socketFd: number, maxBytes: number, maxFds: number, flags: number): Received | null {
-  const c = libc();
-  const ctrlLen = maxFds > 0 ? cmsgSpace(maxFds * 4) : 0;
-  const msg = new MsgBlock(maxBytes, ctrlLen);
-  try {
-    const [n, errno] = call(() => c.recvmsg(socketFd, msg.ptr, flags));
-    if (n < 0) {
-      if (errno === E.EAGAIN || errno === E.EWOULDBLOCK) return null;
-      fail('recvmsg', errno, `receive on socket fd ${socketFd}`);
-    }
-    const fds: number[] = [];
-    const controllen = Number(msg.view.getBigUint64(40, true));
-    let off = 0;
-    while (off + CMSGHDR_SIZE <= controllen) {
-      const p = msg.ctrlOff + off;
-      const len = Number(msg.view.getBigUint64(p, true));
-      if (len < CMSGHDR_SIZE) break;
-      const level = msg.view.getInt32(p + 8, true);
-      const type = msg.view.getInt32(p + 12, true);
-      if (level === SOL_SOCKET && type === SCM_RIGHTS) {
-        const count = Math.floor((len - CMSGHDR_SIZE) / 4);
-        for (let i = 0; i < count; i++) fds.push(msg.view.getInt32(p + CMSGHDR_SIZE + 4 * i, true));
-      }
-      off += align8(len);
-    }
-    const msgFlags = msg.view.getInt32(48, true);
-    // CMSG alignment can leave room for one fd more than asked for.
-    if (msgFlags & MSG_CTRUNC || fds.length > maxFds) {
-      closeAllQuietly(fds);
-      throw new SyscallError(
-        'recvmsg',
-        E.EMSGSIZE,
-        `receive on socket fd ${socketFd}: the peer sent more than ${maxFds} fd(s); the extra ones were dropped by the kernel`,
-      );
-    }
-    return { data: Buffer.from(msg.bytes.subarray(msg.dataOff, msg.dataOff + n)), fds };
-  } finally {
-    msg.free();
+  const r = libc().recvFds(socketFd, maxBytes, maxFds, flags);
+  if (typeof r === 'number') {
+    if (-r === E.EAGAIN || -r === E.EWOULDBLOCK) return null;
+    fail('recvmsg', -r, `receive on socket fd ${socketFd}`);
   }
+  // CMSG alignment can leave room for one fd more than asked for.
+  if (r.flags & MSG_CTRUNC || r.fds.length > maxFds) {
+    closeAllQuietly(r.fds);
+    throw new SyscallError('recvmsg', E.EMSGSIZE, `receive on socket fd ${socketFd}: the peer sent more than ${maxFds} fd(s); the extra ones were dropped by the kernel`);
+  }
+  return { data: r.data, fds: r.fds };
 }
 
 export interface RecvOptions {

@@ -29,7 +29,7 @@ const RO = join(TMP, 'read-only');
 mkdirSync(RO);
 const CORRUPT = join(TMP, 'corrupt-state');
 mkdirSync(CORRUPT);
-writeFileSync(join(CORRUPT, 'journal.json'), '{"sha256":"00","body":"{}"}\n');
+writeFileSync(join(CORRUPT, 'journal.json'), '{"crc32":"00000000","body":"{}"}\n');
 const SOCK = join(TMP, 'podtap.sock'); // never created: these runs are refused first
 
 interface Bad {

@@ -1,4 +1,4 @@
-// The koffi syscall layer against the real kernel: taps are opened in a
+// The native syscall layer against the real kernel: taps are opened in a
 // namespace made for the test, fds cross real Unix sockets.
 
 import { spawn, spawnSync } from 'node:child_process';
