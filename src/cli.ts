@@ -5,6 +5,7 @@
 import { spawn } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { constants } from 'node:os';
 import { PodtapError } from './errors.ts';
 import { parseFault } from './apply.ts';
 import { createLogger, type Logger } from './log.ts';
@@ -168,7 +169,7 @@ function readyFile(opts: Options): string {
 }
 
 function signalNumber(sig: NodeJS.Signals): number {
-  return ({ SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGTERM: 15 } as Record<string, number>)[sig] ?? 0;
+  return constants.signals[sig] ?? 0;
 }
 
 export async function main(argv: string[]): Promise<number> {
