@@ -67,6 +67,24 @@ static int bytes(napi_env env, napi_value v, void **data, size_t *len) {
   return napi_get_buffer_info(env, v, data, len) == napi_ok;
 }
 
+/* Room for the most fds one SCM_RIGHTS message can carry, suitably aligned. */
+typedef union {
+  char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+  struct cmsghdr align;
+} control_t;
+
+/* A msghdr over one iovec, with room for nfds descriptors (none: no control). */
+static void init_msg(struct msghdr *msg, struct iovec *iov, control_t *ctrl, size_t nfds) {
+  memset(msg, 0, sizeof *msg);
+  msg->msg_iov = iov;
+  msg->msg_iovlen = 1;
+  if (nfds > 0) {
+    memset(ctrl, 0, sizeof *ctrl);
+    msg->msg_control = ctrl->buf;
+    msg->msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+  }
+}
+
 #define FN(name) static napi_value name(napi_env env, napi_callback_info info)
 #define ARGS(n)                                 \
   napi_value argv[MAX_ARGS];                    \
@@ -152,17 +170,9 @@ FN(SendFds) {
 
   struct iovec iov = {.iov_base = (char *)data + off, .iov_len = n};
   struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  union {
-    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
-    struct cmsghdr align;
-  } ctrl;
+  control_t ctrl;
+  init_msg(&msg, &iov, &ctrl, count);
   if (count > 0) {
-    memset(&ctrl, 0, sizeof ctrl);
-    msg.msg_control = ctrl.buf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * count);
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
@@ -188,17 +198,8 @@ FN(RecvFds) {
   if (!data) return num(env, -ENOMEM);
   struct iovec iov = {.iov_base = data, .iov_len = max};
   struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  union {
-    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
-    struct cmsghdr align;
-  } ctrl;
-  if (maxFds > 0) {
-    msg.msg_control = ctrl.buf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * maxFds);
-  }
+  control_t ctrl;
+  init_msg(&msg, &iov, &ctrl, (size_t)maxFds);
   long r = RETRY(recvmsg(fd, &msg, (int)i64(env, argv[3])));
   if (r < 0) {
     free(data);

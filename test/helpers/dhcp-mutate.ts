@@ -8,7 +8,7 @@
 
 import { MSG, OPT, clientPacket, ip4 } from './dhcp-packets.ts';
 
-/** mulberry32, as test/unit/dhcp-fuzz.test.ts: small, fast, good enough to spread inputs. */
+/** mulberry32: small, fast, good enough to spread inputs; seeded so every failure can be replayed. */
 export function rng(seed: number) {
   let a = seed >>> 0;
   const next = () => {

@@ -7,23 +7,10 @@ import { buildPlan, handleDatagram } from '../../src/dhcp/handler.ts';
 import { Lease } from '../../src/dhcp/lease.ts';
 import { OptionError, decodeClasslessRoutes, decodeSearchList } from '../../src/dhcp/options.ts';
 import { MSG, SERVER_ID, calicoConfig, clientPacket, ptpConfig } from '../helpers/dhcp-packets.ts';
+import { rng } from '../helpers/dhcp-mutate.ts';
 
 const SEED = Number(process.env.DHCP_FUZZ_SEED ?? 0x5eed);
 
-/** mulberry32: small, fast, good enough to spread inputs. */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const int = (n: number) => Math.floor(next() * n);
-  const bytes = (n: number) => Buffer.from(Array.from({ length: n }, () => int(256)));
-  return { next, int, bytes, pick: <T>(xs: readonly T[]): T => xs[int(xs.length)]! };
-}
 
 const SEEDS = [
   clientPacket({ type: MSG.DISCOVER, prl: [1, 3, 6, 12, 15, 26, 28, 119, 121, 249], maxSize: 1500 }),
