@@ -9,9 +9,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev &
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
-COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-# TypeScript to dist/, and the small Node-API addon for the TAP syscalls.
+# One bundled dist/podtap.mjs, and the small Node-API addon for the TAP syscalls.
 RUN npm run build
 
 FROM node:24-bookworm-slim

@@ -20,7 +20,7 @@ export const CNI_BIN = '/usr/lib/cni';
 
 // ------------------------------------------------------------ podtap entry
 //
-// init/podtap runs dist/main.js when the build is fresh, else src/main.ts
+// init/podtap runs dist/podtap.mjs when the build is fresh, else src/main.ts
 // (type stripping at every start). The benchmark runs the launcher by default
 // and records which entry each podtap process really used; `--entry dist|src`
 // pins one (then without the sh launcher).
@@ -36,7 +36,7 @@ export function setEntryMode(m: EntryMode): void {
 /** argv that starts podtap (before its command). */
 export function podtapHead(): string[] {
   if (entryMode === 'launcher') return [PODTAP];
-  return [NODE, '--disable-warning=ExperimentalWarning', resolve(ROOT, entryMode === 'dist' ? 'dist/main.js' : 'src/main.ts')];
+  return [NODE, '--disable-warning=ExperimentalWarning', resolve(ROOT, entryMode === 'dist' ? 'dist/podtap.mjs' : 'src/main.ts')];
 }
 
 function newestUnder(dir: string, depth = 0): number {
@@ -57,7 +57,7 @@ export function launcherEntry(): { entry: string; why: string } {
   if (!existsSync(built)) return { entry: 'src/main.ts', why: 'no dist/.built (npm run build not run)' };
   const builtAt = statSync(built).mtimeMs;
   if (existsSync(resolve(ROOT, '.git')) && newestUnder(resolve(ROOT, 'src')) > builtAt) return { entry: 'src/main.ts', why: `src/ is newer than the build of ${new Date(builtAt).toISOString()}` };
-  return { entry: 'dist/main.js', why: `build of ${new Date(builtAt).toISOString()} is current` };
+  return { entry: 'dist/podtap.mjs', why: `build of ${new Date(builtAt).toISOString()} is current` };
 }
 
 /** The entry script a running podtap uses, from its command line; counted in entriesSeen. */

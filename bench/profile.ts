@@ -2,7 +2,7 @@
 //
 //   ladder      start-up of ever more of podtap without doing anything:
 //               node -e 0 → an empty .mjs → an empty .ts (type stripping) →
-//               src/main.ts --version (sources) → dist/main.js --version
+//               src/main.ts --version (sources) → dist/podtap.mjs --version
 //               (compiled) → init/podtap --version (+ the sh launcher)
 //   imports     each module's own import cost, dependencies first, in fresh
 //               processes
@@ -93,7 +93,7 @@ interface Rung {
 }
 
 async function ladder(rounds: number, bundle: string | undefined, bundleCache: string): Promise<{ label: string; ms: Summary }[]> {
-  const dist = join(ROOT, 'dist/main.js');
+  const dist = join(ROOT, 'dist/podtap.mjs');
   const rungs: Rung[] = [
     { label: 'node -e 0', argv: [NODE, '-e', '0'] },
     { label: 'node empty.mjs', argv: [NODE, join(FIX, 'empty.mjs')] },
@@ -101,7 +101,7 @@ async function ladder(rounds: number, bundle: string | undefined, bundleCache: s
     { label: 'node -e spawning one `true` (child_process)', argv: [NODE, '-e', "require('node:child_process').spawnSync('true')"] },
     { label: 'node empty.ts (type stripping on)', argv: [NODE, ...NODE_FLAGS, join(FIX, 'empty.ts')] },
     { label: 'node src/main.ts --version (sources, static graph)', argv: [NODE, ...NODE_FLAGS, join(ROOT, 'src/main.ts'), '--version'] },
-    ...(existsSync(dist) ? [{ label: 'node dist/main.js --version (compiled)', argv: [NODE, ...NODE_FLAGS, dist, '--version'] }] : []),
+    ...(existsSync(dist) ? [{ label: 'node dist/podtap.mjs --version (compiled)', argv: [NODE, ...NODE_FLAGS, dist, '--version'] }] : []),
     { label: `init/podtap --version (sh launcher → ${launcherEntry().entry})`, argv: [PODTAP, '--version'] },
     ...(bundle ? [{ label: 'what-if: one bundled .mjs --version (NODE_COMPILE_CACHE)', argv: [NODE, ...NODE_FLAGS, bundle, '--version'], env: { ...process.env, NODE_COMPILE_CACHE: bundleCache } }] : []),
   ];
@@ -331,7 +331,7 @@ export async function benchProfile(o: ProfileOptions): Promise<Section> {
   const bundleEnv = { ...process.env, NODE_COMPILE_CACHE: tempDir(o.cleanup, 'podtap-bench-cc-') };
   const variants: { label: string; head: string[]; env: NodeJS.ProcessEnv }[] = [
     { label: `as benchmarked (${podtapHead()[0] === PODTAP ? `init/podtap → ${launcherEntry().entry}` : relative(ROOT, podtapHead().at(-1)!)})`, head: podtapHead(), env: process.env },
-    ...(existsSync(join(ROOT, 'dist/main.js')) ? [{ label: 'node dist/main.js up (no sh launcher)', head: [NODE, ...NODE_FLAGS, join(ROOT, 'dist/main.js')], env: process.env }] : []),
+    ...(existsSync(join(ROOT, 'dist/podtap.mjs')) ? [{ label: 'node dist/podtap.mjs up (no sh launcher)', head: [NODE, ...NODE_FLAGS, join(ROOT, 'dist/podtap.mjs')], env: process.env }] : []),
     { label: 'node src/main.ts up (no launcher, type stripping)', head: [NODE, ...NODE_FLAGS, join(ROOT, 'src/main.ts')], env: process.env },
     ...(bundle ? [{ label: 'one bundled .mjs (rolldown; koffi external; NODE_COMPILE_CACHE)', head: [NODE, ...NODE_FLAGS, bundle], env: bundleEnv }] : []),
   ];

@@ -6,7 +6,7 @@
 //                     [--entry launcher|dist|src]
 //
 // --entry: how podtap is started. launcher (default) runs init/podtap, which
-// picks dist/main.js when the build is current and src/main.ts otherwise;
+// picks dist/podtap.mjs when the build is current and src/main.ts otherwise;
 // dist / src run `node <entry>` directly. Each section notes which entry the
 // podtap processes it measured really ran.
 //

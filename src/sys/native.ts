@@ -133,14 +133,14 @@ interface Addon {
 let addonCache: Addon | undefined;
 
 // Loaded on first use so commands that never touch a raw fd don't pay for
-// it. dist/sys/native.js finds it at dist/native.node, and so does
-// src/sys/native.ts when run from the sources.
+// it. It sits next to the bundle (dist/podtap.mjs); the sources
+// (src/sys/native.ts) find it in dist/ too.
 function libc(): Addon {
   if (addonCache) return addonCache;
   if (process.platform !== 'linux' || (process.arch !== 'x64' && process.arch !== 'arm64')) {
     throw new Error(`podtap's native layer supports Linux on x86_64 and arm64 only (this is ${process.platform}/${process.arch})`);
   }
-  const candidates = [new URL('../native.node', import.meta.url), new URL('../../dist/native.node', import.meta.url)];
+  const candidates = [new URL('./native.node', import.meta.url), new URL('../../dist/native.node', import.meta.url)];
   const found = candidates.find((u) => existsSync(u));
   if (!found) throw new Error('podtap\'s native addon (dist/native.node) is missing: run `npm run build` (it needs a C compiler)');
   addonCache = createRequire(import.meta.url)(found.pathname) as Addon;
