@@ -283,7 +283,6 @@ async function buildBundle(outFile: string): Promise<string | undefined> {
   await rolldown.build({
     input: join(ROOT, 'src/main.ts'),
     platform: 'node',
-    external: ['koffi'],
     logLevel: 'silent',
     output: { file: outFile, format: 'esm', codeSplitting: false },
   });
@@ -333,7 +332,7 @@ export async function benchProfile(o: ProfileOptions): Promise<Section> {
     { label: `as benchmarked (${podtapHead()[0] === PODTAP ? `init/podtap → ${launcherEntry().entry}` : relative(ROOT, podtapHead().at(-1)!)})`, head: podtapHead(), env: process.env },
     ...(existsSync(join(ROOT, 'dist/podtap.mjs')) ? [{ label: 'node dist/podtap.mjs up (no sh launcher)', head: [NODE, ...NODE_FLAGS, join(ROOT, 'dist/podtap.mjs')], env: process.env }] : []),
     { label: 'node src/main.ts up (no launcher, type stripping)', head: [NODE, ...NODE_FLAGS, join(ROOT, 'src/main.ts')], env: process.env },
-    ...(bundle ? [{ label: 'one bundled .mjs (rolldown; koffi external; NODE_COMPILE_CACHE)', head: [NODE, ...NODE_FLAGS, bundle], env: bundleEnv }] : []),
+    ...(bundle ? [{ label: 'rebuilt bundle .mjs (rolldown; NODE_COMPILE_CACHE)', head: [NODE, ...NODE_FLAGS, bundle], env: bundleEnv }] : []),
   ];
   for (const [i, v] of variants.entries()) await upOnce(pod!, v.head, stateDir, v.env, o.cleanup, i === 0); // warm caches
   const whatIf = variants.map(() => [] as number[]);
@@ -403,7 +402,7 @@ export async function benchProfile(o: ProfileOptions): Promise<Section> {
   const notes = [
     'Traced runs preload bench/trace-hook.mjs via NODE_OPTIONS=--import (plain JS, so it does not start the TypeScript loader early); it wraps child_process.spawn, fs.fsyncSync / writeFileSync(/proc/sys) / readFileSync(/proc/self/status) and dgram, and uses module.registerHooks to see module loads. The hook adds a little time of its own.',
     `Static module graph: ${totalStatic.toFixed(0)} ms summed own import cost (packages: ${imports.filter((m) => !/^(src|dist)\//.test(m.name)).map((m) => `${m.name} ${fmt(m.ms.median)} ms`).join(', ')}).`,
-    bundle ? `The bundle is built by rolldown from src/main.ts into ${relative(ROOT, bundle)} (removed afterwards) with koffi left external; it is a what-if, not podtap's shipped form; it runs with NODE_COMPILE_CACHE set, since its own code is compiled before the enableCompileCache() inside it runs.` : 'rolldown is not installed: no bundled what-if.',
+    bundle ? `The bundle is built by rolldown from src/main.ts into ${relative(ROOT, bundle)} (removed afterwards) it is a what-if, not podtap's shipped form; it runs with NODE_COMPILE_CACHE set, since its own code is compiled before the enableCompileCache() inside it runs.` : 'rolldown is not installed: no bundled what-if.',
   ];
   return { name: 'Profile', rows, notes, data: { ladder: lad, imports, traced, tracedDown, whatIf: w }, extraMarkdown: md.join('\n') };
 }
