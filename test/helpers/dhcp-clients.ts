@@ -7,6 +7,7 @@
 // state paths are compiled in, runs in a private mount namespace with temp
 // directories bound over /run and /var/lib/dhcpcd.
 
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import type { Proc, Topology } from './dhcp-netns.ts';
@@ -243,3 +244,20 @@ export function reported(client: ClientName, v: Record<string, string>): Reporte
 /** The event names each client's script gets for a first lease and a renewal. */
 export const BOUND_EVENT: Record<ClientName, string> = { udhcpc: 'bound', dhclient: 'BOUND', dhcpcd: 'BOUND' };
 export const RENEW_EVENT: Record<ClientName, string> = { udhcpc: 'renew', dhclient: 'RENEW', dhcpcd: 'RENEW' };
+
+/** Whether a tool is installed (test/install.sh installs them all; this only makes a missing one explicit). */
+export function have(cmd: string, args: string[]): boolean {
+  try {
+    execFileSync(cmd, args, { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+export function hasUdhcpc(): boolean {
+  try {
+    return execFileSync('busybox', ['--list'], { encoding: 'utf8' }).split('\n').includes('udhcpc');
+  } catch {
+    return false;
+  }
+}

@@ -4,13 +4,12 @@
 // identity, renew by unicast through the guard, and nothing DHCP may leak to
 // the node.
 
-import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { dhcpConfigFrom } from '../../src/dhcp/config.ts';
 import type { DhcpConfig } from '../../src/dhcp/config.ts';
 import type { PodNetwork, Route } from '../../src/model.ts';
-import { BOUND_EVENT, RENEW_EVENT, events, reported, startClient } from '../helpers/dhcp-clients.ts';
+import { BOUND_EVENT, RENEW_EVENT, events, have, hasUdhcpc, reported, startClient } from '../helpers/dhcp-clients.ts';
 import type { ClientName, Reported } from '../helpers/dhcp-clients.ts';
 import { SERVER_IP, Topology, netnsList } from '../helpers/dhcp-netns.ts';
 import { OTHER_MAC, VM_MAC } from '../helpers/dhcp-packets.ts';
@@ -23,21 +22,6 @@ const LEASE = 10;
 const FLOOD = join(import.meta.dirname, '../helpers/dhcp-flood.ts');
 const NODE = join(import.meta.dirname, '../../node_modules/.bin/node');
 
-function have(cmd: string, args: string[]): boolean {
-  try {
-    execFileSync(cmd, args, { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-function hasUdhcpc(): boolean {
-  try {
-    return execFileSync('busybox', ['--list'], { encoding: 'utf8' }).split('\n').includes('udhcpc');
-  } catch {
-    return false;
-  }
-}
 const canRun =
   process.getuid?.() === 0 &&
   have('ip', ['netns', 'list']) &&

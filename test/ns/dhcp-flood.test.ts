@@ -35,7 +35,7 @@ import { Cleanup, createNetns, nsExec, pingFrom, run } from '../helpers/netns.ts
 import { makePod, type Pod } from '../helpers/pods.ts';
 import { diffSnapshots, snapshot, waitSettled } from '../helpers/snapshot.ts';
 import { startPodtap, type ReadyLine, type Running } from '../helpers/podtap.ts';
-import { events, reported } from '../helpers/dhcp-clients.ts';
+import { events, have, hasUdhcpc, reported } from '../helpers/dhcp-clients.ts';
 import { MSG, clientPacket } from '../helpers/dhcp-packets.ts';
 import type { SenderConfig, SenderReport } from '../helpers/dhcp-fuzz-sender.ts';
 
@@ -52,21 +52,6 @@ const MiB = 1024;
 const PORT = 'vmport'; // the stand-in's end in the pod namespace
 const VM_IF = 'eth0';
 
-function have(cmd: string, args: string[]): boolean {
-  try {
-    execFileSync(cmd, args, { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-function hasUdhcpc(): boolean {
-  try {
-    return execFileSync('busybox', ['--list'], { encoding: 'utf8' }).split('\n').includes('udhcpc');
-  } catch {
-    return false;
-  }
-}
 const isRoot = process.getuid?.() === 0 && have('ip', ['netns', 'list']) && have('nft', ['--version']);
 const hasPerfdhcp = have('perfdhcp', ['-v']);
 
