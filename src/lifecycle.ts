@@ -44,7 +44,7 @@ export interface Session {
 const CAP_NET_ADMIN = 12;
 
 /** Refusals that must happen before anything is changed. */
-export function preflight(opts: Pick<Options, 'stateDir'>, needTun: boolean): void {
+export function preflight(opts: Pick<Options, 'stateDir'>): void {
   let capEff = 0n;
   try {
     const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
@@ -54,16 +54,14 @@ export function preflight(opts: Pick<Options, 'stateDir'>, needTun: boolean): vo
   }
   if (((capEff >> BigInt(CAP_NET_ADMIN)) & 1n) === 0n)
     throw new PodtapError('environment', 'podtap lacks CAP_NET_ADMIN, which it needs to change the pod network', 'add the NET_ADMIN capability to the container (securityContext.capabilities.add: [NET_ADMIN])');
-  if (needTun) {
-    let ok = false;
-    try {
-      ok = statSync('/dev/net/tun').isCharacterDevice();
-    } catch {
-      ok = false;
-    }
-    if (!ok)
-      throw new PodtapError('environment', '/dev/net/tun does not exist in this container', 'give the container the tun device (a device plugin, or a /dev/net/tun hostPath with the device allowed; `mknod /dev/net/tun c 10 200` where permitted)');
+  let tun = false;
+  try {
+    tun = statSync('/dev/net/tun').isCharacterDevice();
+  } catch {
+    tun = false;
   }
+  if (!tun)
+    throw new PodtapError('environment', '/dev/net/tun does not exist in this container', 'give the container the tun device (a device plugin, or a /dev/net/tun hostPath with the device allowed; `mknod /dev/net/tun c 10 200` where permitted)');
   prepareStateDir(opts.stateDir);
 }
 
@@ -134,7 +132,7 @@ export interface SetupHooks {
 
 export async function setUp(opts: Options, log: Logger, fault: Fault | undefined, hooks: SetupHooks): Promise<Session> {
   const t0 = performance.now();
-  preflight(opts, true);
+  preflight(opts);
   checkSocketPaths(opts);
   const lock = Lock.acquire(opts.stateDir, 'set up');
   try {

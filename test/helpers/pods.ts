@@ -290,22 +290,13 @@ function hostSide(res: CniResult): string {
 // ---------------------------------------------------------------------------
 // Shapes
 
-interface Built {
-  hostIfname: string;
-  cniNetwork?: string;
-  nodeAddr: string;
-  nodeAddr6?: string;
-  gateway?: string;
-  gateway6?: string;
-  podIP: string;
-  prefix: number;
-  podIP6?: string;
-  prefix6?: number;
+/** What a shape builder reports: the Pod's addressing, plus what the pod should hold. */
+type Built = Pick<Pod, 'hostIfname' | 'cniNetwork' | 'nodeAddr' | 'nodeAddr6' | 'gateway' | 'gateway6' | 'podIP' | 'prefix' | 'podIP6' | 'prefix6'> & {
   addresses: PodAddress[];
   routes: PodRoute[];
   neighbours: PodNeighbour[];
   extraNameservers?: string[];
-}
+};
 
 const ip = (ns: string, ...args: string[]): Promise<RunResult> => run('ip', ['-n', ns, ...args]);
 const sysctl = (ns: string, ...settings: string[]): Promise<RunResult> =>

@@ -92,6 +92,18 @@ async function attachStandIn(pod: Pod, ready: ReadyLine, serverId: string, own: 
   };
 }
 
+/** A ptp pod with podtap up (JSON logs) and the stand-in VM port attached to br0. */
+async function floodTarget(own: Cleanup) {
+  const pod = await makePod('ptp', { cleanup: own });
+  const before = await snapshot(pod.pod);
+  const up = startPodtap(pod, ['up', '--log-format', 'json'], own);
+  const ready = await up.ready;
+  const serverId = ready.linkLocal.split('/')[0]!;
+  const standIn = await attachStandIn(pod, ready, serverId, own);
+  return { pod, before, up, ready, serverId, standIn };
+}
+
+
 // ---------------------------------------------------------------------------
 // podtap's memory and log
 
@@ -325,12 +337,7 @@ describe.skipIf(!isRoot)('a hostile or broken guest against the real DHCP server
       const own = new Cleanup();
       const t0 = performance.now();
       try {
-        const pod = await makePod('ptp', { cleanup: own });
-        const before = await snapshot(pod.pod);
-        const up = startPodtap(pod, ['up', '--log-format', 'json'], own);
-        const ready = await up.ready;
-        const serverId = ready.linkLocal.split('/')[0]!;
-        const standIn = await attachStandIn(pod, ready, serverId, own);
+        const { pod, before, up, ready, serverId, standIn } = await floodTarget(own);
         const dir = scratchDir(own);
         const { args: templateArgs } = await perfdhcpTemplates(dir, ready.mac);
 
@@ -427,12 +434,7 @@ describe.skipIf(!isRoot)('a hostile or broken guest against the real DHCP server
     const t0 = performance.now();
     console.log(`dhcp socket fuzz seed ${SEED} (set DHCP_FLOOD_SEED=${SEED} to reproduce)`);
     try {
-      const pod = await makePod('ptp', { cleanup: own });
-      const before = await snapshot(pod.pod);
-      const up = startPodtap(pod, ['up', '--log-format', 'json'], own);
-      const ready = await up.ready;
-      const serverId = ready.linkLocal.split('/')[0]!;
-      const standIn = await attachStandIn(pod, ready, serverId, own);
+      const { pod, before, up, ready, serverId, standIn } = await floodTarget(own);
 
       const logFrom = parseLog(up.stderr()).entries.length;
       const logStart = performance.now();
