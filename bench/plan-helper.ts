@@ -12,9 +12,9 @@
 //
 // Nothing is changed: discovery and planning are read-only.
 
-import { discover } from '../src/discover.ts';
-import { plan } from '../src/plan.ts';
-import type { Step } from '../src/steps.ts';
+import { discover } from '../src/pod/discover.ts';
+import { plan } from '../src/plan/plan.ts';
+import type { Step } from '../src/plan/steps.ts';
 
 const resolvConf = process.argv[2] ?? '/etc/resolv.conf';
 const { pod, observed } = await discover({ resolvConf });

@@ -7,13 +7,13 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { constants } from 'node:os';
 import { PodtapError } from './errors.ts';
-import { parseFault } from './apply.ts';
+import { parseFault } from './journal/apply.ts';
 import { createLogger, type Logger } from './log.ts';
 import { parseOptions, SPECS, type Options } from './options.ts';
-import { discover } from './discover.ts';
-import { primaryIpv4 } from './plan.ts';
+import { discover } from './pod/discover.ts';
+import { primaryIpv4 } from './plan/plan.ts';
 import { down, setUp, StoppedBeforeSetup, tearDown, type Session } from './lifecycle.ts';
-import { checkVmmArgv, serve, type Serving } from './serve.ts';
+import { checkVmmArgv, serve, type Serving } from './serve/serve.ts';
 
 export const VERSION = '0.1.0';
 
@@ -98,7 +98,7 @@ async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log:
   });
 
   // The DHCP modules load while the namespace is being set up.
-  if (opts.dhcp) for (const m of [import('./dhcp/config.ts'), import('./dhcp/server.ts')]) m.catch(() => {});
+  if (opts.dhcp) for (const m of [import('./serve/dhcp4/config.ts'), import('./serve/dhcp4/server.ts')]) m.catch(() => {});
   let session: Session | undefined;
   let serving: Serving | undefined;
   let exitCode = 0;

@@ -2,21 +2,21 @@
 // (journaled) → serve → undo. `up`, `run` and `down` are thin shells over
 // these functions.
 
-import { randomLaaMac } from './random.ts';
+import { randomLaaMac } from './net/random.ts';
 import { readFileSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { applyPlan, undoSteps, type Fault } from './apply.ts';
-import { discover } from './discover.ts';
-import { takeObservation } from './prefetch.ts';
+import { applyPlan, undoSteps, type Fault } from './journal/apply.ts';
+import { discover } from './pod/discover.ts';
+import { takeObservation } from './pod/prefetch.ts';
 import { PodtapError } from './errors.ts';
-import { Journal, Lock, prepareStateDir } from './journal.ts';
+import { Journal, Lock, prepareStateDir } from './journal/journal.ts';
 import type { Logger } from './log.ts';
 import type { Options } from './options.ts';
-import { plan, type VmIdentity } from './plan.ts';
-import { adopt } from './adopt.ts';
-import type { TapSpec } from './steps.ts';
-import type { PodNetwork } from './model.ts';
+import { plan, type VmIdentity } from './plan/plan.ts';
+import { adopt } from './journal/adopt.ts';
+import type { TapSpec } from './plan/steps.ts';
+import type { PodNetwork } from './pod/model.ts';
 
 export interface Timings {
   discovery: number;

@@ -7,6 +7,6 @@ import { enableCompileCache } from 'node:module';
 enableCompileCache();
 const argv = process.argv.slice(2);
 const head = argv.indexOf('--') < 0 ? argv : argv.slice(0, argv.indexOf('--'));
-if (head.includes('up') || head.includes('run')) (await import('./prefetch.ts')).prefetchObservation();
+if (head.includes('up') || head.includes('run')) (await import('./pod/prefetch.ts')).prefetchObservation();
 const { main } = await import('./cli.ts');
 process.exitCode = await main(argv);

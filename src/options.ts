@@ -4,7 +4,7 @@
 // the value, what would be accepted, and where it came from.
 
 import { usage } from './errors.ts';
-import { contains, formatIpv4, parseIfaceCidr, parseIpv4 } from './ipv4.ts';
+import { contains, formatIpv4, parseIfaceCidr, parseIpv4 } from './net/ipv4.ts';
 
 export type Command = 'inspect' | 'up' | 'run' | 'down' | 'exec';
 

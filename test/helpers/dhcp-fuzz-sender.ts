@@ -19,9 +19,9 @@
 
 import dgram from 'node:dgram';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parsePacket } from '../../src/dhcp/codec.ts';
-import { formatIpv4 } from '../../src/ipv4.ts';
-import { MSG_NAMES } from '../../src/dhcp/options.ts';
+import { parsePacket } from '../../src/serve/dhcp4/codec.ts';
+import { formatIpv4 } from '../../src/net/ipv4.ts';
+import { MSG_NAMES } from '../../src/serve/dhcp4/options.ts';
 import { generator, probe, type FuzzTarget, type GeneratorOptions } from './dhcp-mutate.ts';
 
 export interface SenderConfig extends FuzzTarget {

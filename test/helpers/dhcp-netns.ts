@@ -16,9 +16,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { guardRuleset } from '../../src/guard.ts';
-import type { DhcpConfig } from '../../src/dhcp/config.ts';
-import type { DhcpStats } from '../../src/dhcp/server.ts';
+import { guardRuleset } from '../../src/plan/guard.ts';
+import type { DhcpConfig } from '../../src/serve/dhcp4/config.ts';
+import type { DhcpStats } from '../../src/serve/dhcp4/server.ts';
 
 export const SERVER_IP = '169.254.75.1';
 export const CLEAN_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';

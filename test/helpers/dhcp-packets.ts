@@ -1,11 +1,11 @@
 // Client-side packets for the DHCP unit tests, built with our own encoder so
 // each test states only the fields that matter to it.
 
-import { BOOTREQUEST, encodePacket, parseMac } from '../../src/dhcp/codec.ts';
-import type { OptionList } from '../../src/dhcp/codec.ts';
-import type { DhcpConfig } from '../../src/dhcp/config.ts';
-import { ipv4 } from '../../src/ipv4.ts';
-import { MSG, OPT } from '../../src/dhcp/options.ts';
+import { BOOTREQUEST, encodePacket, parseMac } from '../../src/serve/dhcp4/codec.ts';
+import type { OptionList } from '../../src/serve/dhcp4/codec.ts';
+import type { DhcpConfig } from '../../src/serve/dhcp4/config.ts';
+import { ipv4 } from '../../src/net/ipv4.ts';
+import { MSG, OPT } from '../../src/serve/dhcp4/options.ts';
 
 export const VM_MAC = '52:54:00:12:34:56';
 export const OTHER_MAC = '52:54:00:65:43:21';

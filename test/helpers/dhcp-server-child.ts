@@ -8,8 +8,8 @@
 
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { startDhcpServer } from '../../src/dhcp/server.ts';
-import type { DhcpConfig } from '../../src/dhcp/config.ts';
+import { startDhcpServer } from '../../src/serve/dhcp4/server.ts';
+import type { DhcpConfig } from '../../src/serve/dhcp4/config.ts';
 
 const path = process.argv[2];
 if (!path) {

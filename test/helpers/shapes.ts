@@ -2,7 +2,7 @@
 // would report them. Used by the pure unit tests (no root needed); the
 // namespace tests build the same shapes for real with CNI plugins.
 
-import type { PodNetwork, Route, Address } from '../../src/model.ts';
+import type { PodNetwork, Route, Address } from '../../src/pod/model.ts';
 
 const dns = { nameservers: ['10.96.0.10'], search: ['default.svc.cluster.local', 'svc.cluster.local', 'cluster.local'], options: ['ndots:5'] };
 const v6ll = (mac: string): Address => ({ family: 'inet6', local: `fe80::${mac.slice(0, 5).replace(':', '')}:ff:fe00:1`, prefixlen: 64, scope: 'link', flags: [] });

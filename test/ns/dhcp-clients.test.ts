@@ -6,9 +6,9 @@
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { dhcpConfigFrom } from '../../src/dhcp/config.ts';
-import type { DhcpConfig } from '../../src/dhcp/config.ts';
-import type { PodNetwork, Route } from '../../src/model.ts';
+import { dhcpConfigFrom } from '../../src/serve/dhcp4/config.ts';
+import type { DhcpConfig } from '../../src/serve/dhcp4/config.ts';
+import type { PodNetwork, Route } from '../../src/pod/model.ts';
 import { BOUND_EVENT, RENEW_EVENT, events, have, hasUdhcpc, reported, startClient } from '../helpers/dhcp-clients.ts';
 import type { ClientName, Reported } from '../helpers/dhcp-clients.ts';
 import { SERVER_IP, Topology, netnsList } from '../helpers/dhcp-netns.ts';

@@ -34,7 +34,7 @@ const GID = 4343;
 const FAKE_FIRECRACKER = `
 import { readFileSync, readSync, writeSync, closeSync } from 'node:fs';
 import { openTap, tapInfo, waitFd } from ${url('src/sys/native.ts')};
-import { parsePacket } from ${url('src/dhcp/codec.ts')};
+import { parsePacket } from ${url('src/serve/dhcp4/codec.ts')};
 import { clientPacket } from ${url('test/helpers/dhcp-packets.ts')};
 
 const vmMac = process.argv[1];

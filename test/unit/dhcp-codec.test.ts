@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { BOOTREPLY, BOOTREQUEST, HEADER_SIZE, MAGIC_COOKIE, ParseError, encodePacket, hardwareAddress, parseMac, parsePacket } from '../../src/dhcp/codec.ts';
-import { formatIpv4, ipv4, parseCidr, parseIpv4 } from '../../src/ipv4.ts';
+import { BOOTREPLY, BOOTREQUEST, HEADER_SIZE, MAGIC_COOKIE, ParseError, encodePacket, hardwareAddress, parseMac, parsePacket } from '../../src/serve/dhcp4/codec.ts';
+import { formatIpv4, ipv4, parseCidr, parseIpv4 } from '../../src/net/ipv4.ts';
 import {
   OPT,
   OptionError,
@@ -15,7 +15,7 @@ import {
   encodeU32,
   optionWireLength,
   writeOption,
-} from '../../src/dhcp/options.ts';
+} from '../../src/serve/dhcp4/options.ts';
 import { VM_MAC, clientPacket } from '../helpers/dhcp-packets.ts';
 
 const bytes = (...parts: (number | string)[]): Buffer =>

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { dhcpConfigFrom } from '../../src/dhcp/config.ts';
-import type { Address, PodNetwork, Route } from '../../src/model.ts';
+import { dhcpConfigFrom } from '../../src/serve/dhcp4/config.ts';
+import type { Address, PodNetwork, Route } from '../../src/pod/model.ts';
 
 const OPTS = { serverId: '169.254.75.1', leaseSeconds: 3600 };
 const DNS = { nameservers: ['10.96.0.10'], search: ['default.svc.cluster.local', 'svc.cluster.local', 'cluster.local'], options: ['ndots:5'] };

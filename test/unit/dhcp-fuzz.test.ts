@@ -2,10 +2,10 @@
 // failure names the seed and iteration that reproduce it.
 
 import { describe, expect, it } from 'vitest';
-import { ParseError, parsePacket } from '../../src/dhcp/codec.ts';
-import { buildPlan, handleDatagram } from '../../src/dhcp/handler.ts';
-import { Lease } from '../../src/dhcp/lease.ts';
-import { OptionError, decodeClasslessRoutes, decodeSearchList } from '../../src/dhcp/options.ts';
+import { ParseError, parsePacket } from '../../src/serve/dhcp4/codec.ts';
+import { buildPlan, handleDatagram } from '../../src/serve/dhcp4/handler.ts';
+import { Lease } from '../../src/serve/dhcp4/lease.ts';
+import { OptionError, decodeClasslessRoutes, decodeSearchList } from '../../src/serve/dhcp4/options.ts';
 import { MSG, SERVER_ID, calicoConfig, clientPacket, ptpConfig } from '../helpers/dhcp-packets.ts';
 import { rng } from '../helpers/dhcp-mutate.ts';
 

@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { BOOTREPLY, hardwareAddress, parsePacket } from '../../src/dhcp/codec.ts';
-import type { DhcpPacket } from '../../src/dhcp/codec.ts';
-import { buildPlan, handleDatagram } from '../../src/dhcp/handler.ts';
-import type { Outcome, ReplyPlan } from '../../src/dhcp/handler.ts';
-import { formatIpv4 } from '../../src/ipv4.ts';
-import { Lease } from '../../src/dhcp/lease.ts';
-import { decodeClasslessRoutes, decodeIps, decodeSearchList } from '../../src/dhcp/options.ts';
+import { BOOTREPLY, hardwareAddress, parsePacket } from '../../src/serve/dhcp4/codec.ts';
+import type { DhcpPacket } from '../../src/serve/dhcp4/codec.ts';
+import { buildPlan, handleDatagram } from '../../src/serve/dhcp4/handler.ts';
+import type { Outcome, ReplyPlan } from '../../src/serve/dhcp4/handler.ts';
+import { formatIpv4 } from '../../src/net/ipv4.ts';
+import { Lease } from '../../src/serve/dhcp4/lease.ts';
+import { decodeClasslessRoutes, decodeIps, decodeSearchList } from '../../src/serve/dhcp4/options.ts';
 import { MSG, OPT, OTHER_MAC, SERVER_ID, VM_MAC, calicoConfig, clientPacket, ptpConfig } from '../helpers/dhcp-packets.ts';
 import type { ClientPacket } from '../helpers/dhcp-packets.ts';
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { BoundedSet, FOREIGN_MAC_MEMORY, RateLimit } from '../../src/dhcp/server.ts';
+import { BoundedSet, FOREIGN_MAC_MEMORY, RateLimit } from '../../src/serve/dhcp4/server.ts';
 
 describe('server bookkeeping stays bounded', () => {
   it('remembers at most its cap of MACs, forgetting the oldest', () => {

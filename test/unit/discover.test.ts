@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseObserved, chooseLink, assemble, routesVia } from '../../src/discover.ts';
-import { parseResolvConf } from '../../src/resolv.ts';
-import { parseBatchErrors } from '../../src/ip.ts';
+import { parseObserved, chooseLink, assemble, routesVia } from '../../src/pod/discover.ts';
+import { parseResolvConf } from '../../src/pod/resolv.ts';
+import { parseBatchErrors } from '../../src/sys/ip.ts';
 
 // Captured from a real namespace: `ip -j -d -batch` over a Calico-style veth
 // (a /32, `169.254.1.1 scope link`, default via it, an extra route in table

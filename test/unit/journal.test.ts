@@ -2,12 +2,12 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Journal, Lock, deserialize, serialize } from '../../src/journal.ts';
-import { applyPlan, undoSteps, type Effects } from '../../src/apply.ts';
-import { plan } from '../../src/plan.ts';
+import { Journal, Lock, deserialize, serialize } from '../../src/journal/journal.ts';
+import { applyPlan, undoSteps, type Effects } from '../../src/journal/apply.ts';
+import { plan } from '../../src/plan/plan.ts';
 import { SHAPES } from '../helpers/shapes.ts';
-import type { Step } from '../../src/steps.ts';
-import type { BatchFailure } from '../../src/ip.ts';
+import type { Step } from '../../src/plan/steps.ts';
+import type { BatchFailure } from '../../src/sys/ip.ts';
 
 const dirs: string[] = [];
 afterEach(() => {

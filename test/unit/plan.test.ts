@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { plan, routeAddOrder, chooseLinkLocal, type PlanOptions } from '../../src/plan.ts';
+import { plan, routeAddOrder, chooseLinkLocal, type PlanOptions } from '../../src/plan/plan.ts';
 import { PodtapError } from '../../src/errors.ts';
 import { SHAPES } from '../helpers/shapes.ts';
-import type { Link } from '../../src/model.ts';
-import type { Step } from '../../src/steps.ts';
+import type { Link } from '../../src/pod/model.ts';
+import type { Step } from '../../src/plan/steps.ts';
 
 const OPTS: PlanOptions = { bridge: 'br0', tap: 'tap0', queues: 1, linkLocal: '169.254.75.1/32', linkLocalExplicit: false, antispoof: true, persistTap: false };
 const GEN = { vethMac: '02:aa:bb:cc:dd:01', bridgeMac: '02:aa:bb:cc:dd:02' };

@@ -2,7 +2,7 @@
 // Steps are plain JSON so the journal can hold them and `podtap down` can
 // replay the undo actions in another process after a crash.
 
-import type { Address, Route, Neighbour } from './model.ts';
+import type { Address, Route, Neighbour } from '../pod/model.ts';
 
 export type Action =
   | { ip: string } // one `ip -batch` line

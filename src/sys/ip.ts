@@ -3,7 +3,7 @@
 // neighbours goes through here as batch lines.
 
 import { run } from './exec.ts';
-import { PodtapError } from './errors.ts';
+import { PodtapError } from '../errors.ts';
 
 export const IP = process.env.PODTAP_IP_BIN ?? 'ip';
 

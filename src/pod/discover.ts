@@ -4,10 +4,10 @@
 
 import { readFileSync, existsSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { PodtapError } from './errors.ts';
+import { PodtapError } from '../errors.ts';
 import type { Address, Link, Neighbour, PodNetwork, Route, Family } from './model.ts';
 import { parseResolvConf } from './resolv.ts';
-import { ipJsonBatch } from './ip.ts';
+import { ipJsonBatch } from '../sys/ip.ts';
 
 export const DISCOVERY_COMMANDS = ['addr show', 'route show table all', 'neigh show nud permanent'];
 

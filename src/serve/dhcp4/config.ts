@@ -2,10 +2,10 @@
 // Pure: the same PodNetwork always gives the same config and warnings, so the
 // identity the guest gets can be reviewed and tested without a namespace.
 
-import type { PodNetwork, Route } from '../model.ts';
+import type { PodNetwork, Route } from '../../pod/model.ts';
 import { checkDomainName } from './options.ts';
-import { contains, formatCidr, formatIpv4, maskOf, networkOf, parseCidr, parseIpv4 } from '../ipv4.ts';
-import type { Cidr } from '../ipv4.ts';
+import { contains, formatCidr, formatIpv4, maskOf, networkOf, parseCidr, parseIpv4 } from '../../net/ipv4.ts';
+import type { Cidr } from '../../net/ipv4.ts';
 
 export interface DhcpConfig {
   vmMac: string;

@@ -3,7 +3,7 @@
 // start-up, so they validate and throw; decoders read guest input, so they
 // bound every read and throw OptionError, which callers turn into a reason.
 
-import { formatIpv4, parseCidr } from '../ipv4.ts';
+import { formatIpv4, parseCidr } from '../../net/ipv4.ts';
 
 export const OPT = {
   PAD: 0,

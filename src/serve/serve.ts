@@ -4,11 +4,11 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
-import { PodtapError } from './errors.ts';
-import type { Logger } from './log.ts';
-import type { Options } from './options.ts';
-import type { Session } from './lifecycle.ts';
-import { PlaceholderError, substituteArgv } from './handoff/placeholders.ts';
+import { PodtapError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { Options } from '../options.ts';
+import type { Session } from '../lifecycle.ts';
+import { PlaceholderError, substituteArgv } from '../handoff/placeholders.ts';
 
 export interface Serving {
   readyFields: Record<string, unknown>;
@@ -63,8 +63,8 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
   try {
     const t0 = performance.now();
     if (opts.dhcp) {
-      const { dhcpConfigFrom } = await import('./dhcp/config.ts');
-      const { startDhcpServer } = await import('./dhcp/server.ts');
+      const { dhcpConfigFrom } = await import('./dhcp4/config.ts');
+      const { startDhcpServer } = await import('./dhcp4/server.ts');
       const { config, warnings } = dhcpConfigFrom(session.pod, { serverId: session.linkLocal.split('/')[0]!, leaseSeconds: opts.leaseTime });
       for (const w of warnings) log('warn', w);
       const server = await startDhcpServer(config, { log });
@@ -84,7 +84,7 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
       ...(session.vm.gateway ? { gateway: session.vm.gateway } : {}),
     };
     if (opts.fdSocket) {
-      const { serveFds } = await import('./handoff/fd-socket.ts');
+      const { serveFds } = await import('../handoff/fd-socket.ts');
       const server = await handoff('serving the TAP fds on ' + opts.fdSocket, 'check that the socket directory is writable and no other server uses the path', () =>
         serveFds({
           path: opts.fdSocket!,
@@ -99,7 +99,7 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
       readyFields.fdSocket = opts.fdSocket;
     }
     if (opts.qmp) {
-      const { QmpClient } = await import('./handoff/qmp.ts');
+      const { QmpClient } = await import('../handoff/qmp.ts');
       const hint = 'check that QEMU runs with -qmp unix:PATH,server=on,wait=off in this container and that PATH is right';
       const qmp = await handoff(`connecting to QEMU's QMP socket ${opts.qmp}`, hint, () => QmpClient.connect(opts.qmp!, { timeoutMs: 10_000 }));
       closers.push(() => qmp.close());
@@ -119,7 +119,7 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
       readyFields.qmp = { device: NIC_ID };
     }
     if (opts.chApi) {
-      const ch = await import('./handoff/cloud-hypervisor.ts');
+      const ch = await import('../handoff/cloud-hypervisor.ts');
       const info = session.adopted ? undefined : await handoff('adding the NIC to Cloud Hypervisor (vm.add-net)', 'check that cloud-hypervisor runs with --api-socket PATH and the VM is booted', () =>
         ch.addNet({ apiSocket: opts.chApi!, fds: session.fds, mac: session.vm.mac, id: NIC_ID, mtu: session.vm.mtu }),
       );
@@ -136,7 +136,7 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
 
     if (opts.persistTap) {
       // Firecracker opens the tap by name; podtap must not hold a queue.
-      const { closeAllQuietly } = await import('./sys/native.ts');
+      const { closeAllQuietly } = await import('../sys/native.ts');
       closeAllQuietly(session.fds);
       session.fds = [];
       readyFields.persistent = true;

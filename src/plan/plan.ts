@@ -5,11 +5,11 @@
 // gateway routes that need them, the MAC before IPv6 is re-enabled (the
 // kernel derives the link-local address from it).
 
-import { PodtapError } from './errors.ts';
+import { PodtapError } from '../errors.ts';
 import { guardRuleset, guardRemoval } from './guard.ts';
-import { contains, formatIpv4, networkOf, parseCidr, parseIfaceCidr, parseIpv4, type Cidr } from './ipv4.ts';
-import { network6 } from './ipv6.ts';
-import type { Address, PodNetwork, Route, Link } from './model.ts';
+import { contains, formatIpv4, networkOf, parseCidr, parseIfaceCidr, parseIpv4, type Cidr } from '../net/ipv4.ts';
+import { network6 } from '../net/ipv6.ts';
+import type { Address, PodNetwork, Route, Link } from '../pod/model.ts';
 import { addrDel, addrRestore, neighRestore, neighSpec, routeSpec, type Step, type Action } from './steps.ts';
 
 export interface PlanOptions {

@@ -3,12 +3,12 @@
 // reverse, tolerating "already undone" so replaying it is always safe.
 
 import { writeFileSync } from 'node:fs';
-import { run } from './exec.ts';
-import { PodtapError } from './errors.ts';
-import { ipBatch, ipJsonBatch, type BatchFailure } from './ip.ts';
+import { run } from '../sys/exec.ts';
+import { PodtapError } from '../errors.ts';
+import { ipBatch, ipJsonBatch, type BatchFailure } from '../sys/ip.ts';
 import type { Journal } from './journal.ts';
-import type { Logger } from './log.ts';
-import type { Action, Step, TapSpec } from './steps.ts';
+import type { Logger } from '../log.ts';
+import type { Action, Step, TapSpec } from '../plan/steps.ts';
 
 /** The kernel-facing effects, injectable so ordering is unit-tested without root. */
 export interface Effects {

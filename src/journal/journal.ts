@@ -6,13 +6,13 @@
 // previous version and a damaged file is refused rather than half-applied.
 
 import { crc32 } from 'node:zlib';
-import { randomId } from './random.ts';
+import { randomId } from '../net/random.ts';
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, readlinkSync, renameSync, unlinkSync, writeSync, accessSync, constants } from 'node:fs';
 import { join } from 'node:path';
-import { PodtapError } from './errors.ts';
-import type { PodNetwork } from './model.ts';
-import type { Step } from './steps.ts';
-import type { VmIdentity } from './plan.ts';
+import { PodtapError } from '../errors.ts';
+import type { PodNetwork } from '../pod/model.ts';
+import type { Step } from '../plan/steps.ts';
+import type { VmIdentity } from '../plan/plan.ts';
 
 export const FORMAT = 'podtap-journal/1';
 

@@ -7,7 +7,7 @@
 import { BOOTREPLY, BOOTREQUEST, BROADCAST_FLAG, HEADER_SIZE, ParseError, encodePacket, hardwareAddress, parseMac, parsePacket } from './codec.ts';
 import type { DhcpPacket, ParseReason } from './codec.ts';
 import type { DhcpConfig } from './config.ts';
-import { formatIpv4, ipv4, maskOf } from '../ipv4.ts';
+import { formatIpv4, ipv4, maskOf } from '../../net/ipv4.ts';
 import type { BindKind, Lease } from './lease.ts';
 import {
   MSG,

@@ -3,14 +3,14 @@
 // the namespace is still exactly what the journal says, then takes it over
 // without touching the guest's traffic: no teardown, no re-plumbing.
 
-import { run } from './exec.ts';
+import { run } from '../sys/exec.ts';
 import { execute, type Runtime } from './apply.ts';
-import { observe } from './discover.ts';
-import { PodtapError } from './errors.ts';
-import { GUARD_TABLE } from './guard.ts';
+import { observe } from '../pod/discover.ts';
+import { PodtapError } from '../errors.ts';
+import { GUARD_TABLE } from '../plan/guard.ts';
 import type { Journal } from './journal.ts';
-import type { Link } from './model.ts';
-import type { Options } from './options.ts';
+import type { Link } from '../pod/model.ts';
+import type { Options } from '../options.ts';
 
 /** Only a journal written for the same settings can be adopted. */
 export function settingsMismatch(journal: Journal, opts: Options): string[] {
