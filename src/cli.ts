@@ -3,17 +3,19 @@
 // programs (inspect's report, the ready line).
 
 import { spawn } from 'node:child_process';
-import { rmSync, writeFileSync } from 'node:fs';
+import { removeStateFile, writeStateFile } from './journal/statedir.ts';
 import { join } from 'node:path';
 import { constants } from 'node:os';
 import { PodtapError } from './errors.ts';
 import { parseFault } from './journal/apply.ts';
 import { createLogger, type Logger } from './log.ts';
 import { parseOptions, SPECS, type Options } from './options.ts';
-import { discover } from './pod/discover.ts';
-import { primaryIpv4 } from './plan/plan.ts';
-import { down, setUp, StoppedBeforeSetup, tearDown, type Session } from './lifecycle.ts';
-import { checkVmmArgv, serve, type Serving } from './serve/serve.ts';
+import { CANDIDATE_KINDS, observe, readSysctls, sysctlKeys, interfaceOf, discover } from './pod/discover.ts';
+import { ipv4Of, ipv6Of, primaryNic } from './plan/attachment.ts';
+import { validIfname } from './net/names.ts';
+import { down, restoredMessage, setUp, StoppedBeforeSetup, tearDown, type Session } from './lifecycle.ts';
+import { checkVmmArgv, checkVmmWords, describeNic, serve, type Serving } from './serve/serve.ts';
+import type { Attachment } from './plan/attachment.ts';
 
 export const VERSION = '0.1.0';
 
@@ -28,7 +30,9 @@ function helpText(): string {
     '  podtap down [--state-dir DIR]          restore the namespace from the journal (after a crash)',
     '  podtap exec --fd-socket PATH -- VMM... fetch the TAP fds from `up --fd-socket` and exec the VMM',
     '',
-    'VMM argument placeholders: {fd} {fds} {fds_csv} {mac} {mtu} {tap} {bridge} {queues} {vectors} {ch_queues}',
+    'VMM argument placeholders: {fd} {fds} {fds_csv} {mac} {mtu} {tap} {bridge} {interface} {queues} {vectors} {ch_queues}',
+    '  each for NIC 0; {name:N} for NIC N (0-based), {name:IFNAME} for the NIC of pod interface IFNAME',
+    '  NIC N gets fds after NIC N-1\'s: with --queues 1, NIC 0 has fd 3, NIC 1 fd 4, ...',
     '',
     'options (each also as an environment variable):',
   ];
@@ -51,31 +55,67 @@ function waitForSignal(onSignal: (sig: NodeJS.Signals) => void): () => void {
   };
 }
 
+/**
+ * Every pod interface podtap could take over, what each has, and what the
+ * VM would get from the ones chosen (or from the only candidate). Changes
+ * nothing.
+ */
 async function inspect(opts: Options): Promise<number> {
-  const { pod } = await discover({ ...(opts.interface ? { interface: opts.interface } : {}), resolvConf: opts.resolvConf, resolvConfRequired: opts.resolvConf !== '/etc/resolv.conf' });
-  const v4 = primaryIpv4(pod.addresses);
+  const observed = await observe();
+  const candidates = observed.links.filter((l) => CANDIDATE_KINDS.includes(l.kind) || opts.interfaces?.includes(l.name));
+  let chosen: string[] = [];
+  let problem: string | undefined;
+  let dns = { nameservers: [] as string[], search: [] as string[], options: [] as string[] };
+  let hostname = '';
+  try {
+    const { pod } = await discover({ ...(opts.interfaces ? { interfaces: opts.interfaces } : {}), force: opts.force, resolvConf: opts.resolvConf, resolvConfRequired: opts.resolvConf !== '/etc/resolv.conf' }, observed);
+    chosen = pod.interfaces.map((i) => i.link.name);
+    dns = pod.dns;
+    hostname = pod.hostname;
+  } catch (e) {
+    if (!(e instanceof PodtapError)) throw e;
+    problem = e.describe();
+  }
+  const ifaces = candidates.map((l) => interfaceOf(observed, l, validIfname(l.name) ? readSysctls(sysctlKeys(l.name)) : {}));
+  const chosenIfaces = chosen.map((n) => ifaces.find((i) => i.link.name === n)!).filter(Boolean);
+  const primary = primaryNic(chosenIfaces);
   const report = {
-    interface: pod.link.name,
-    mac: pod.link.mac,
-    mtu: pod.link.mtu,
-    vm: v4 ? { mac: pod.link.mac, ip: `${v4.local}/${v4.prefixlen}` } : null,
-    ipv4: pod.addresses.filter((a) => a.family === 'inet'),
-    ipv6: pod.addresses.filter((a) => a.family === 'inet6'),
-    routes: pod.routes,
-    neighbours: pod.neighbours,
-    dns: pod.dns,
-    hostname: pod.hostname,
-    sysctls: pod.sysctls,
+    interfaces: ifaces.map((i) => {
+      const nic = chosen.indexOf(i.link.name);
+      const isPrimary = nic >= 0 && nic === primary;
+      return {
+        interface: i.link.name,
+        kind: i.link.kind,
+        mac: i.link.mac,
+        mtu: i.link.mtu,
+        ...(nic >= 0 ? { nic } : {}),
+        vm: nic >= 0 ? { mac: i.link.mac, ipv4: ipv4Of(i, isPrimary) ?? null, ipv6: ipv6Of(i, isPrimary) ?? null, defaultRoute: isPrimary } : null,
+        ipv4: i.addresses.filter((a) => a.family === 'inet'),
+        ipv6: i.addresses.filter((a) => a.family === 'inet6'),
+        routes: i.routes,
+        neighbours: i.neighbours,
+        sysctls: i.sysctls,
+      };
+    }),
+    chosen,
+    ...(problem ? { problem } : {}),
+    dns,
+    hostname,
   };
   process.stdout.write(JSON.stringify(report, null, 2) + '\n');
-  return 0;
+  return problem ? 4 : 0;
 }
 
 /** up and run share everything up to the hand-over. */
 async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log: Logger): Promise<number> {
   const fault = parseFault(process.env.PODTAP_FAULT);
   // A typo in a placeholder is refused now, not after the namespace was set up.
-  if (command === 'run') checkVmmArgv(vmm, opts);
+  if (command === 'run') checkVmmWords(vmm);
+  const checkPlan = (attachments: Attachment[]) => {
+    if (command === 'run') checkVmmArgv(vmm, attachments, opts.persistTap ? 1 : opts.queues);
+    if (opts.qmpBus && opts.qmpBus.length !== attachments.length)
+      throw new PodtapError('usage', `${opts.qmpBus.length} --qmp-bus for ${attachments.length} NIC${attachments.length > 1 ? 's' : ''}`, 'give one --qmp-bus per NIC, in NIC order (or none on a machine whose root bus takes hot-plug)');
+  };
   let stop: NodeJS.Signals | undefined;
   let child: ReturnType<typeof spawn> | undefined;
   let wake: (() => void) | undefined;
@@ -104,23 +144,29 @@ async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log:
   let exitCode = 0;
   try {
     try {
-      session = await setUp(opts, log, fault, { stopRequested: () => stop !== undefined });
+      session = await setUp(opts, log, fault, { stopRequested: () => stop !== undefined, checkPlan });
     } catch (e) {
       if (!(e instanceof StoppedBeforeSetup)) throw e;
       log('info', `${stop}: stopped before anything was changed`);
     }
     if (session && !stop) {
       serving = await serve(session, opts, log);
+      const queues = opts.persistTap ? 1 : opts.queues;
+      const nics = session.attachments.map((a) => describeNic(a, queues));
+      const first = nics[0]!;
+      // The top-level fields are NIC 0's, as before there were several.
       const ready = {
         event: 'ready',
-        mac: session.vm.mac,
-        ip: session.vm.ip,
-        ...(session.vm.gateway ? { gateway: session.vm.gateway } : {}),
-        mtu: session.vm.mtu,
-        bridge: opts.bridge,
-        tap: opts.tap,
-        queues: opts.queues,
-        linkLocal: session.linkLocal,
+        mac: first.mac,
+        ...(first.ip ? { ip: first.ip } : {}),
+        ...(first.gateway ? { gateway: first.gateway } : {}),
+        mtu: first.mtu,
+        bridge: first.bridge,
+        tap: first.tap,
+        queues,
+        datapath: first.datapath,
+        linkLocal: session.serverId,
+        nics,
         steps: session.journal.state.steps.length,
         adopted: session.adopted,
         ...serving.readyFields,
@@ -128,8 +174,8 @@ async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log:
       };
       process.stdout.write(JSON.stringify(ready) + '\n');
       // For readiness probes: present exactly while the VM's network is up.
-      writeFileSync(readyFile(opts), JSON.stringify(ready) + '\n');
-      log('info', 'ready', { vm: session.vm.ip, mac: session.vm.mac, adopted: session.adopted });
+      writeStateFile(readyFile(opts), JSON.stringify(ready) + '\n');
+      log('info', 'ready', { nics: session.attachments.map((a) => `${a.interface}=${a.ipv4 ? `${a.ipv4.address}/${a.ipv4.prefixlen}` : 'L2'}`).join(' '), mac: first.mac, datapath: first.datapath, adopted: session.adopted });
     }
     if (!stop && command === 'run') {
       child = serving!.spawnVmm(vmm);
@@ -149,12 +195,23 @@ async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log:
       clearInterval(keepAlive);
     }
   } finally {
+    // Each part of stopping on its own: one that fails (a read-only state
+    // dir, a VMM that is gone) must not keep the next from running, and the
+    // namespace is restored whatever happened before.
+    const attempt = async (what: string, fn: () => unknown) => {
+      try {
+        await fn();
+      } catch (e) {
+        if (what === 'restore') throw e;
+        log('warn', `${what} failed: ${(e as Error).message}`);
+      }
+    };
     try {
-      if (session) rmSync(readyFile(opts), { force: true });
-      if (serving) await serving.close();
+      if (session) await attempt(`removing ${readyFile(opts)}`, () => removeStateFile(readyFile(opts)));
+      if (serving) await attempt('stopping the servers', () => serving!.close());
       if (session) {
-        await tearDown(session.journal, log, fault);
-        log('info', 'namespace restored');
+        const s = session;
+        await attempt('restore', async () => log('info', restoredMessage(await tearDown(s.journal, log, fault))));
       }
     } finally {
       session?.lock.release();
@@ -194,7 +251,7 @@ export async function main(argv: string[]): Promise<number> {
         return await upOrRun(parsed.command, opts, parsed.vmm, log);
       case 'down': {
         const result = await down(opts, log, parseFault(process.env.PODTAP_FAULT));
-        log('info', result === 'nothing' ? `nothing to restore: no journal in ${opts.stateDir}` : 'namespace restored');
+        log('info', result === 'nothing' ? `nothing to restore: no journal in ${opts.stateDir}` : restoredMessage(result));
         return 0;
       }
       case 'exec': {

@@ -22,3 +22,35 @@ export function createLogger(format: LogFormat, min: Level = 'info', write = (s:
     write(`podtap: ${level === 'info' ? '' : level + ': '}${msg}${kv}\n`);
   };
 }
+
+/**
+ * A token bucket per key, keys from a small fixed set (reasons): for log
+ * lines the guest or a client can cause once per packet or connection.
+ */
+export class RateLimit {
+  private readonly perMinute: number;
+  private readonly buckets = new Map<string, { tokens: number; at: number; suppressed: number }>();
+  constructor(perMinute: number) {
+    this.perMinute = perMinute;
+  }
+  /** Returns -1 if suppressed, else how many were suppressed since the last allowed one. */
+  take(key: string, now: number): number {
+    let b = this.buckets.get(key);
+    if (!b) {
+      if (this.buckets.size >= 256) this.buckets.clear();
+      b = { tokens: this.perMinute, at: now, suppressed: 0 };
+      this.buckets.set(key, b);
+    }
+    b.tokens = Math.min(this.perMinute, b.tokens + ((now - b.at) * this.perMinute) / 60_000);
+    b.at = now;
+    if (b.tokens < 1) {
+      b.suppressed++;
+      return -1;
+    }
+    b.tokens -= 1;
+    const s = b.suppressed;
+    b.suppressed = 0;
+    return s;
+  }
+}
+

@@ -5,11 +5,16 @@
 
 import { usage } from './errors.ts';
 import { contains, formatIpv4, parseIfaceCidr, parseIpv4 } from './net/ipv4.ts';
+import { IFNAME_RULE, validIfname } from './net/names.ts';
+import { DATAPATHS, type Datapath } from './plan/datapath/index.ts';
 
 export type Command = 'inspect' | 'up' | 'run' | 'down' | 'exec';
 
 export interface Options {
-  interface?: string;
+  /** Pod interfaces in the VM's NIC order; undefined = the only candidate. */
+  interfaces?: string[];
+  datapath?: Datapath;
+  force: boolean;
   bridge: string;
   tap: string;
   queues: number;
@@ -22,7 +27,7 @@ export interface Options {
   dhcp: boolean;
   antispoof: boolean;
   qmp?: string;
-  qmpBus?: string;
+  qmpBus?: string[]; // one per NIC, in NIC order
   chApi?: string;
   fdSocket?: string;
   fdSocketMode: number;
@@ -34,6 +39,8 @@ interface Spec {
   flag: string; // long flag without dashes
   env: string;
   boolean?: boolean;
+  /** May be given several times (and as a comma list in the environment); the values accumulate. */
+  repeatable?: boolean;
   commands: Command[];
   help: string;
   valueName?: string;
@@ -43,7 +50,9 @@ const SETUP: Command[] = ['up', 'run'];
 const ALL: Command[] = ['inspect', 'up', 'run', 'down', 'exec'];
 
 export const SPECS: Spec[] = [
-  { flag: 'interface', env: 'PODTAP_INTERFACE', commands: ['inspect', ...SETUP], valueName: 'IF', help: 'the pod veth to take over (default: the only veth in the namespace)' },
+  { flag: 'interface', env: 'PODTAP_INTERFACE', repeatable: true, commands: ['inspect', ...SETUP], valueName: 'IF', help: "a pod interface to give the VM; repeat for several NICs, in NIC order (env: comma list; default: the only veth or macvlan)" },
+  { flag: 'datapath', env: 'PODTAP_DATAPATH', commands: SETUP, valueName: 'bridge|redirect', help: 'how frames get between pod interface and tap (default: redirect where the kernel can, bridge otherwise; macvlan needs redirect)' },
+  { flag: 'force', env: 'PODTAP_FORCE', boolean: true, commands: ['inspect', ...SETUP], help: "take over interfaces no CNI plugin creates (a host NIC), even in the host's network namespace" },
   { flag: 'bridge', env: 'PODTAP_BRIDGE', commands: SETUP, valueName: 'NAME', help: 'bridge to create (default br0)' },
   { flag: 'tap', env: 'PODTAP_TAP', commands: SETUP, valueName: 'NAME', help: 'tap device to create (default tap0)' },
   { flag: 'queues', env: 'PODTAP_QUEUES', commands: SETUP, valueName: 'N', help: 'TAP queues, one fd each; >1 uses IFF_MULTI_QUEUE (default 1, max 256)' },
@@ -56,7 +65,7 @@ export const SPECS: Spec[] = [
   { flag: 'no-dhcp', env: 'PODTAP_NO_DHCP', boolean: true, commands: SETUP, help: 'do not serve DHCP (the guest is configured some other way)' },
   { flag: 'no-antispoof', env: 'PODTAP_NO_ANTISPOOF', boolean: true, commands: SETUP, help: "let the guest send with any MAC or IPv4 source (default: only the pod's)" },
   { flag: 'qmp', env: 'PODTAP_QMP', commands: ['up'], valueName: 'PATH', help: 'hot-plug the NIC into a running QEMU through this QMP socket' },
-  { flag: 'qmp-bus', env: 'PODTAP_QMP_BUS', commands: ['up'], valueName: 'BUS', help: 'hot-pluggable bus for the NIC (q35: a pcie-root-port id)' },
+  { flag: 'qmp-bus', env: 'PODTAP_QMP_BUS', repeatable: true, commands: ['up'], valueName: 'BUS', help: 'hot-pluggable bus for a NIC (q35: a pcie-root-port id); repeat for several NICs, in NIC order' },
   { flag: 'ch-api', env: 'PODTAP_CH_API', commands: ['up'], valueName: 'PATH', help: "hot-plug the NIC into a running Cloud Hypervisor through this API socket" },
   { flag: 'fd-socket', env: 'PODTAP_FD_SOCKET', commands: ['up', 'exec'], valueName: 'PATH', help: 'serve (up) or fetch (exec) the TAP fds on this Unix socket' },
   { flag: 'fd-socket-mode', env: 'PODTAP_FD_SOCKET_MODE', commands: ['up'], valueName: 'MODE', help: 'permissions of the fd socket, octal (default 0600)' },
@@ -70,15 +79,7 @@ export interface Parsed {
   vmm: string[]; // after `--` for run and exec
 }
 
-// Stricter than the kernel on purpose: names end up in `ip -batch` lines
-// (where '#' starts a comment and quotes group words), in nft strings (where
-// '*' is a wildcard and '"' ends the string) and in /proc/sys paths (where
-// "all" and "default" are not interfaces). 15 ASCII characters = 15 bytes.
-const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
-
-export function validIfname(name: string): boolean {
-  return IFNAME.test(name) && name !== '.' && name !== '..' && name !== 'all' && name !== 'default';
-}
+export { validIfname };
 
 function truthy(raw: string, where: string): boolean {
   if (/^(1|true|yes|on)$/i.test(raw)) return true;
@@ -98,7 +99,13 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   const dash = argv.indexOf('--');
   const head = dash < 0 ? argv : argv.slice(0, dash);
   const vmm = dash < 0 ? [] : argv.slice(dash + 1);
-  const raw = new Map<string, { value: string; where: string }>();
+  const raw = new Map<string, { values: string[]; where: string }>();
+  const give = (spec: Spec, value: string, where: string) => {
+    const had = raw.get(spec.flag);
+    if (had && !spec.repeatable) throw usage(`--${spec.flag} is given twice (${had.where} and ${where})`, `give --${spec.flag} once`);
+    if (had) had.values.push(value);
+    else raw.set(spec.flag, { values: [value], where });
+  };
   let command: Command | undefined;
 
   for (let i = 0; i < head.length; i++) {
@@ -112,11 +119,11 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       if (!spec) throw usage(`unknown option --${name}`, `run \`podtap --help\` for the options`);
       if (spec.boolean) {
         if (eq >= 0) throw usage(`--${name} takes no value`, `write --${name} alone`);
-        raw.set(spec.flag, { value: '1', where: `--${name}` });
+        give(spec, '1', `--${name}`);
       } else {
         let value: string | undefined = eq < 0 ? head[++i] : arg.slice(eq + 1);
         if (value === undefined) throw usage(`--${name} needs a value`, `write --${name} ${spec.valueName ?? 'VALUE'}`);
-        raw.set(spec.flag, { value, where: `--${name}` });
+        give(spec, value, `--${name}`);
       }
       continue;
     }
@@ -136,14 +143,15 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     const fromEnv = env[spec.env];
     // Environment variables are shared by every command of a container, so an
     // option that doesn't apply to this command is simply ignored.
-    if (fromEnv !== undefined && spec.commands.includes(command)) raw.set(spec.flag, { value: fromEnv, where: spec.env });
+    if (fromEnv !== undefined && spec.commands.includes(command))
+      raw.set(spec.flag, { values: spec.repeatable ? fromEnv.split(',').map((v) => v.trim()) : [fromEnv], where: spec.env });
   }
 
   if ((command === 'run' || command === 'exec') && vmm.length === 0) throw usage(`\`podtap ${command}\` needs a VMM command`, `write: podtap ${command} [options] -- qemu-system-x86_64 ...`);
   if (command !== 'run' && command !== 'exec' && dash >= 0) throw usage(`\`podtap ${command}\` takes no command after --`, 'use `podtap run -- VMM...` to spawn a VMM');
 
   const o = defaults();
-  for (const [flag, { value, where }] of raw) apply(o, flag, value, where);
+  for (const [flag, { values, where }] of raw) for (const value of values) apply(o, flag, value, where);
   crossCheck(o, command, raw);
   return { command, options: o, vmm };
 }
@@ -163,12 +171,13 @@ export function defaults(): Options {
     fdSocketMode: 0o600,
     persistTap: false,
     resolvConf: '/etc/resolv.conf',
+    force: false,
   };
 }
 
 function ifname(value: string, where: string): string {
   if (!validIfname(value))
-    throw usage(`${where} is ${JSON.stringify(value)}, not a valid interface name`, 'use 1 to 15 characters from A-Z a-z 0-9 - _ . (not "all" or "default")');
+    throw usage(`${where} is ${JSON.stringify(value)}, not a valid interface name`, IFNAME_RULE);
   return value;
 }
 
@@ -179,7 +188,17 @@ function path(value: string, where: string): string {
 
 function apply(o: Options, flag: string, value: string, where: string): void {
   switch (flag) {
-    case 'interface': o.interface = ifname(value, where); break;
+    case 'interface': {
+      const name = ifname(value, where);
+      if (o.interfaces?.includes(name)) throw usage(`${where} names ${name} twice`, "name each pod interface once; the order is the VM's NIC order");
+      (o.interfaces ??= []).push(name);
+      break;
+    }
+    case 'datapath':
+      if (!(DATAPATHS as string[]).includes(value)) throw usage(`${where} is ${JSON.stringify(value)}, not a data path`, `use ${DATAPATHS.join(' or ')}`);
+      o.datapath = value as Datapath;
+      break;
+    case 'force': o.force = truthy(value, where); break;
     case 'bridge': o.bridge = ifname(value, where); break;
     case 'tap': o.tap = ifname(value, where); break;
     case 'queues': o.queues = int(value, where, 1, 256, 'a queue count'); break;
@@ -205,7 +224,7 @@ function apply(o: Options, flag: string, value: string, where: string): void {
     case 'qmp': o.qmp = path(value, where); break;
     case 'qmp-bus':
       if (!/^[A-Za-z][A-Za-z0-9_.-]*$/.test(value)) throw usage(`${where} is ${JSON.stringify(value)}, not a QEMU device id`, 'give the id of a pcie-root-port or pci-bridge, e.g. rp1');
-      o.qmpBus = value;
+      (o.qmpBus ??= []).push(value);
       break;
     case 'ch-api': o.chApi = path(value, where); break;
     case 'fd-socket': o.fdSocket = path(value, where); break;
@@ -236,10 +255,11 @@ function linkLocal(value: string, where: string): string {
   return `${address}/${c.prefixlen}`;
 }
 
-function crossCheck(o: Options, command: Command, raw: Map<string, { value: string; where: string }>): void {
+function crossCheck(o: Options, command: Command, raw: Map<string, { values: string[]; where: string }>): void {
   if (o.bridge === o.tap) throw usage(`the bridge and the tap are both named ${o.bridge}`, 'give --bridge and --tap different names');
-  if (o.interface && (o.interface === o.bridge || o.interface === o.tap))
-    throw usage(`--interface ${o.interface} is also the bridge or tap name`, 'the bridge and tap must be new names');
+  for (const i of o.interfaces ?? [])
+    if (i === o.bridge || i === o.tap) throw usage(`--interface ${i} is also the bridge or tap name`, 'the bridge and tap must be new names');
+  if (o.persistTap && o.fdSocket) throw usage('--persist-tap and --fd-socket both given: a persistent tap is opened by name, so podtap holds no fds to serve', 'use --persist-tap for Firecracker, or --fd-socket for a VMM that takes fds');
   if (o.persistTap && o.queues > 1) throw usage('--persist-tap makes a single-queue tap (Firecracker opens it without IFF_MULTI_QUEUE)', 'drop --queues or --persist-tap');
   if (o.qmp && o.chApi) throw usage('--qmp and --ch-api both given', 'hot-plug into one VMM: choose one');
   if (command === 'exec' && !o.fdSocket) throw usage('`podtap exec` needs --fd-socket PATH', 'point it at the socket `podtap up --fd-socket` serves');

@@ -16,9 +16,9 @@ export async function execFromSocket(opts: Options, vmm: string[], log: Logger):
   } catch (e) {
     throw new PodtapError('handoff', `fetching the TAP fds from ${opts.fdSocket} failed: ${(e as Error).message}`, 'start `podtap up --fd-socket PATH` in the pod first and share the socket directory with this container');
   }
-  log('info', 'fetched the TAP fds', { fds: fetched.fds.length, mac: fetched.description.mac });
+  log('info', 'fetched the TAP fds', { fds: fetched.fds.length, nics: fetched.nics.length, mac: fetched.nics[0]?.mac });
   try {
-    execWithFds(vmm, fetched.fds, fetched.description);
+    execWithFds(vmm, fetched.fds, fetched.nics);
   } catch (e) {
     if (e instanceof PlaceholderError) throw new PodtapError('usage', e.message, 'fix the placeholder in the VMM arguments (see `podtap --help`)');
     throw new PodtapError('handoff', `cannot exec ${vmm[0]}: ${(e as Error).message}`, 'check the VMM command and PATH');

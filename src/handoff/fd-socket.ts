@@ -2,21 +2,24 @@
 // VMM in another container of the pod (sharing a volume) can pick them up,
 // as often as it needs to (a restarted VMM fetches them again).
 //
-// Protocol "podtap-fds/1", kept trivial so any language can speak it:
+// Protocol "podtap-fds/2", kept trivial so any language can speak it:
 //   - the client connects and sends nothing;
 //   - the server sends one message: a UTF-8 JSON object followed by "\n",
-//       {"protocol":"podtap-fds/1","fds":N,"description":{...}}
-//     with the N queue fds (queue order) attached as one SCM_RIGHTS control
-//     message to its first bytes, then closes the connection;
+//       {"protocol":"podtap-fds/2","fds":N,"nics":[{...},...],"description":{...}}
+//     with the N queue fds attached as one SCM_RIGHTS control message to its
+//     first bytes: NIC 0's queues in queue order, then NIC 1's, and so on;
+//     then it closes the connection;
 //   - the client reads to EOF, collecting fds from every recvmsg, and checks
 //     it got N.
-// `description` is what the VMM needs besides the fds: mac, mtu, queues,
-// tap, bridge, ip, ...
+// Each entry of `nics` describes one NIC: `fds` (how many of the N are its
+// queues), mac, mtu, interface, tap, bridge, ip, ... `description` repeats
+// NIC 0's entry, as version 1 had it, for clients that know one NIC only.
+// Version 1 (one NIC, no `nics`) is still understood when fetching.
 
-import { accessSync, chmodSync, writeSync, constants as fsConstants, lstatSync, statSync, unlinkSync } from 'node:fs';
+import { accessSync, writeSync, constants as fsConstants, lstatSync, statSync, unlinkSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import path from 'node:path';
-import { type PlaceholderInput, substituteArgv } from './placeholders.ts';
+import { type NicValues, type PlaceholderInput, substituteArgv } from './placeholders.ts';
 import {
   SyscallError,
   closeAllQuietly,
@@ -30,14 +33,17 @@ import {
   whenReadable,
 } from '../sys/native.ts';
 
-export const PROTOCOL = 'podtap-fds/1';
+export const PROTOCOL = 'podtap-fds/2';
+const PROTOCOL_V1 = 'podtap-fds/1';
 
 export type FdDescription = Record<string, unknown> & {
+  fds?: number; // queue fds of this NIC (podtap-fds/2)
   mac?: string;
   mtu?: number;
   queues?: number;
   tap?: string;
   bridge?: string;
+  interface?: string;
 };
 
 export class FdSocketError extends Error {
@@ -54,10 +60,10 @@ export interface ServeFdsOptions {
   path: string;
   mode?: number; // of the socket file; default 0o600
   // Still owned by the caller: close() doesn't close them. A function is
-  // asked at each connection (after an adoption the TAP can only be opened
-  // once the VMM that held it has let go).
-  fds: readonly number[] | (() => readonly number[] | Promise<readonly number[]>);
-  description: FdDescription;
+  // asked at each connection (after an adoption a TAP can only be opened
+  // once the VMM that held it has let go). One array per NIC, in NIC order.
+  fds: readonly (readonly number[])[] | (() => readonly (readonly number[])[] | Promise<readonly (readonly number[])[]>);
+  nics: FdDescription[];
   // Reports per-connection failures (a client that hung up early, ...).
   onError?: (err: Error) => void;
 }
@@ -96,11 +102,10 @@ function clearStaleSocket(p: string): void {
 }
 
 export async function serveFds(opts: ServeFdsOptions): Promise<FdServer> {
-  const { description } = opts;
   const mode = opts.mode ?? 0o600;
   const sockPath = path.resolve(opts.path);
-  const current = async (): Promise<readonly number[]> => (typeof opts.fds === 'function' ? opts.fds() : opts.fds);
-  if (typeof opts.fds !== 'function' && opts.fds.length < 1) throw new RangeError('serveFds needs at least one fd');
+  const current = async (): Promise<readonly (readonly number[])[]> => (typeof opts.fds === 'function' ? opts.fds() : opts.fds);
+  if (typeof opts.fds !== 'function' && opts.fds.flat().length < 1) throw new RangeError('serveFds needs at least one fd');
 
   clearStaleSocket(sockPath);
 
@@ -108,9 +113,11 @@ export async function serveFds(opts: ServeFdsOptions): Promise<FdServer> {
   const server: Server = createServer({ pauseOnConnect: true }, (conn) => {
     // Never resumed: the client sends nothing, and Node needn't read.
     void current()
-      .then((fds) => {
-        if (fds.length < 1) throw new FdSocketError('no TAP fds to serve right now (the VMM that holds the tap is still running)', 'EBUSY');
-        const payload = Buffer.from(`${JSON.stringify({ protocol: PROTOCOL, fds: fds.length, description })}\n`);
+      .then((perNic) => {
+        if (perNic.some((f) => f.length < 1)) throw new FdSocketError('no TAP fds to serve right now (the VMM that holds a tap is still running)', 'EBUSY');
+        const fds = perNic.flat();
+        const nics = opts.nics.map((d, i) => ({ ...d, fds: perNic[i]!.length }));
+        const payload = Buffer.from(`${JSON.stringify({ protocol: PROTOCOL, fds: fds.length, nics, description: nics[0] })}\n`);
         sendFds(socketFdOf(conn), payload, fds, { timeoutMs: 2000 });
         served++;
       })
@@ -119,29 +126,17 @@ export async function serveFds(opts: ServeFdsOptions): Promise<FdServer> {
       .finally(() => conn.destroy());
   });
 
-  // The socket file must never be reachable with looser permissions than
-  // asked for: bind under a umask that yields at most 0600, then chmod to the
-  // requested mode before the first accept (which needs the event loop).
+  // The socket file is created with exactly the requested mode, by the
+  // umask in force while it is bound: no chmod afterwards, which would
+  // follow a symlink planted at the path in between.
   await new Promise<void>((resolve, reject) => {
     const onError = (err: Error): void => reject(new FdSocketError(`cannot listen on ${sockPath}: ${err.message}`, (err as NodeJS.ErrnoException).code));
     server.once('error', onError);
-    let oldMask: number | undefined;
-    try {
-      oldMask = process.umask(0o177);
-    } catch {
-      // worker threads can't change the umask; the chmod below still applies
-    }
+    const oldMask = process.umask(~mode & 0o777);
     try {
       server.listen(sockPath);
     } finally {
-      if (oldMask !== undefined) process.umask(oldMask);
-    }
-    try {
-      chmodSync(sockPath, mode);
-    } catch (err) {
-      server.close();
-      reject(new FdSocketError(`cannot chmod ${sockPath}: ${(err as Error).message}`));
-      return;
+      process.umask(oldMask);
     }
     server.once('listening', () => {
       server.off('error', onError);
@@ -173,8 +168,9 @@ export async function serveFds(opts: ServeFdsOptions): Promise<FdServer> {
 }
 
 export interface FetchedFds {
-  description: FdDescription;
-  fds: number[]; // close-on-exec; the caller owns them
+  /** One entry per NIC; `fds` of each says how many of the fds are its queues. */
+  nics: FdDescription[];
+  fds: number[]; // close-on-exec; the caller owns them; NIC 0's queues first
 }
 
 const MAX_MESSAGE = 1 << 20;
@@ -246,20 +242,23 @@ export async function fetchFds(sockPath: string, opts: { timeoutMs?: number; max
       if (size > MAX_MESSAGE) throw new FdSocketError(`fetching fds from ${sockPath}: answer larger than ${MAX_MESSAGE} bytes`);
     }
     const text = Buffer.concat(chunks).toString('utf8').trim();
-    let msg: { protocol?: unknown; fds?: unknown; description?: unknown };
+    let msg: { protocol?: unknown; fds?: unknown; description?: unknown; nics?: unknown };
     try {
       msg = JSON.parse(text) as typeof msg;
     } catch {
       throw new FdSocketError(`fetching fds from ${sockPath}: not a podtap fd socket (unparsable answer ${JSON.stringify(text.slice(0, 100))})`);
     }
-    if (msg.protocol !== PROTOCOL) {
+    if (msg.protocol !== PROTOCOL && msg.protocol !== PROTOCOL_V1) {
       throw new FdSocketError(`fetching fds from ${sockPath}: unsupported protocol ${JSON.stringify(msg.protocol)} (want ${PROTOCOL})`);
     }
     if (msg.fds !== fds.length) {
       throw new FdSocketError(`fetching fds from ${sockPath}: announced ${String(msg.fds)} fd(s) but ${fds.length} arrived`);
     }
-    const description = (msg.description ?? {}) as FdDescription;
-    return { description, fds };
+    const nics = (msg.protocol === PROTOCOL_V1 ? [{ ...(msg.description as FdDescription), fds: fds.length }] : msg.nics) as FdDescription[];
+    if (!Array.isArray(nics) || nics.reduce((n, d) => n + (typeof d?.fds === 'number' ? d.fds : NaN), 0) !== fds.length) {
+      throw new FdSocketError(`fetching fds from ${sockPath}: the NIC descriptions do not account for the ${fds.length} fd(s)`);
+    }
+    return { nics, fds };
   } catch (err) {
     closeAllQuietly(fds);
     throw err;
@@ -302,7 +301,7 @@ export interface ExecOptions {
 // there (libuv's epoll and signal fds) are gone, so there is no returning
 // into the event loop: Node 24 aborts the process when execve fails, and on
 // a Node that throws instead this reports on stderr and exits with 127.
-export function execWithFds(argv: readonly string[], fds: readonly number[], description: FdDescription, opts: ExecOptions = {}): never {
+export function execWithFds(argv: readonly string[], fds: readonly number[], nics: readonly FdDescription[], opts: ExecOptions = {}): never {
   if (argv.length === 0) throw new RangeError('execWithFds: empty argv');
   if (fds.length === 0) throw new RangeError('execWithFds: no fds');
   const execve = (process as unknown as { execve?: (file: string, args: string[], env: Record<string, string>) => never }).execve;
@@ -310,12 +309,7 @@ export function execWithFds(argv: readonly string[], fds: readonly number[], des
     throw new FdSocketError(`process.execve is missing in Node ${process.version}: podtap needs Node >= 23.11 to exec the VMM`);
   }
   const target = fds.map((_, i) => 3 + i);
-  const input: PlaceholderInput = { fds: target };
-  if (typeof description.mac === 'string') input.mac = description.mac;
-  if (typeof description.mtu === 'number') input.mtu = description.mtu;
-  if (typeof description.tap === 'string') input.tap = description.tap;
-  if (typeof description.bridge === 'string') input.bridge = description.bridge;
-  const finalArgv = substituteArgv(argv, input);
+  const finalArgv = substituteArgv(argv, placeholderInput(nics, target));
   const env = opts.env ?? process.env;
   const file = resolveExecutable(finalArgv[0]!, env.PATH);
   const envList: Record<string, string> = {};
@@ -333,4 +327,22 @@ export function execWithFds(argv: readonly string[], fds: readonly number[], des
     writeSync(2, `podtap: exec ${file} failed: ${(err as Error).message}\n`);
   }
   process.exit(127);
+}
+
+/** Placeholder values from fetched NIC descriptions, the fds numbered as the VMM will see them. */
+export function placeholderInput(nics: readonly FdDescription[], target: readonly number[]): PlaceholderInput {
+  let at = 0;
+  return {
+    nics: nics.map((d) => {
+      const n = typeof d.fds === 'number' ? d.fds : 0;
+      const v: NicValues = { fds: target.slice(at, at + n) };
+      at += n;
+      if (typeof d.mac === 'string') v.mac = d.mac;
+      if (typeof d.mtu === 'number') v.mtu = d.mtu;
+      if (typeof d.tap === 'string') v.tap = d.tap;
+      if (typeof d.bridge === 'string') v.bridge = d.bridge;
+      if (typeof d.interface === 'string') v.interface = d.interface;
+      return v;
+    }),
+  };
 }

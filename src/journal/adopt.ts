@@ -1,5 +1,5 @@
 // Adoption: podtap died (OOM kill, sidecar restart) while the VMM kept
-// running with the TAP. A new `podtap up` on the same journal checks that
+// running with the TAPs. A new `podtap up` on the same journal checks that
 // the namespace is still exactly what the journal says, then takes it over
 // without touching the guest's traffic: no teardown, no re-plumbing.
 
@@ -7,55 +7,66 @@ import { run } from '../sys/exec.ts';
 import { execute, type Runtime } from './apply.ts';
 import { observe } from '../pod/discover.ts';
 import { PodtapError } from '../errors.ts';
-import { GUARD_TABLE } from '../plan/guard.ts';
+import { TABLE } from '../plan/guard.ts';
+import type { Attachment } from '../plan/attachment.ts';
 import type { Journal } from './journal.ts';
 import type { Link } from '../pod/model.ts';
-import type { Options } from '../options.ts';
 
-/** Only a journal written for the same settings can be adopted. */
-export function settingsMismatch(journal: Journal, opts: Options): string[] {
-  const want: Record<string, unknown> = { bridge: opts.bridge, tap: opts.tap, queues: opts.queues, persistTap: opts.persistTap, antispoof: opts.antispoof };
-  return Object.entries(want)
-    .filter(([k, v]) => journal.state.settings[k] !== v)
+/** The options that shape a plan: only a journal written with the same ones can be adopted. */
+export type Settings = Record<string, unknown>;
+
+export function settingsMismatch(journal: Journal, now: Settings): string[] {
+  return Object.entries(now)
+    .filter(([k, v]) => JSON.stringify(journal.state.settings[k]) !== JSON.stringify(v))
     .map(([k, v]) => `${k}: journal ${JSON.stringify(journal.state.settings[k])}, now ${JSON.stringify(v)}`);
 }
 
-/** What differs between the live namespace and the journal; empty when adoption is safe. */
-export function verifyLinks(journal: Journal, links: Link[], opts: Pick<Options, 'bridge' | 'tap'>): string[] {
-  const s = journal.state;
+/** What differs between the live links and one attachment of the journal; empty when adoption is safe. */
+export function verifyAttachment(a: Attachment, links: Link[]): string[] {
   const problems: string[] = [];
-  const bridge = links.find((l) => l.name === opts.bridge);
-  if (!bridge || bridge.kind !== 'bridge') problems.push(`bridge ${opts.bridge} is missing`);
-  else if (bridge.mac !== s.bridgeMac) problems.push(`bridge ${opts.bridge} has MAC ${bridge.mac}, the journal says ${s.bridgeMac}`);
-  const veth = links.find((l) => l.name === s.pod.link.name);
-  if (!veth) problems.push(`veth ${s.pod.link.name} is missing`);
-  else {
-    if (veth.master !== opts.bridge) problems.push(`veth ${veth.name} is not a port of ${opts.bridge}`);
-    if (veth.mac !== s.vethMac) problems.push(`veth ${veth.name} has MAC ${veth.mac}, the journal says ${s.vethMac}`);
+  const pod = links.find((l) => l.name === a.interface);
+  if (!pod) return [`pod interface ${a.interface} is missing`];
+  if (a.datapath === 'bridge') {
+    const br = links.find((l) => l.name === a.bridge);
+    if (!br || br.kind !== 'bridge') problems.push(`bridge ${a.bridge} is missing`);
+    else if (br.mac !== a.bridgeMac) problems.push(`bridge ${a.bridge} has MAC ${br.mac}, the journal says ${a.bridgeMac}`);
+    if (pod.master !== a.bridge) problems.push(`${a.interface} is not a port of ${a.bridge}`);
+    if (pod.mac !== a.portMac) problems.push(`${a.interface} has MAC ${pod.mac}, the journal says ${a.portMac}`);
+  } else {
+    if (pod.master) problems.push(`${a.interface} is a port of ${pod.master}`);
+    if (pod.mac !== a.mac) problems.push(`${a.interface} has MAC ${pod.mac}, the journal says ${a.mac}`);
   }
-  const tap = links.find((l) => l.name === opts.tap);
-  if (tap && (tap.kind !== 'tun' || tap.master !== opts.bridge)) problems.push(`${opts.tap} exists but is not podtap's tap on ${opts.bridge}`);
+  const tap = links.find((l) => l.name === a.tap);
+  if (tap && (tap.kind !== 'tun' || (a.datapath === 'bridge' ? tap.master !== a.bridge : tap.master !== undefined)))
+    problems.push(`${a.tap} exists but is not podtap's tap${a.bridge ? ` on ${a.bridge}` : ''}`);
   return problems;
 }
 
 export interface Adopted {
-  fds: number[];
-  /** Gets queue fds for a new VMM: reattaches (or recreates) the tap once nobody holds it. */
-  reattach(): Promise<number[]>;
+  /** Queue fds per NIC; empty for a NIC whose TAP the running VMM still holds. */
+  fds: number[][];
+  /** Gets NIC i's queue fds for a new VMM: reattaches (or recreates) the tap once nobody holds it. */
+  reattach(nic: number): Promise<number[]>;
 }
 
-export async function adopt(journal: Journal, opts: Options, rt: Runtime): Promise<Adopted> {
-  const mismatch = settingsMismatch(journal, opts);
+export async function adopt(journal: Journal, now: Settings, rt: Runtime): Promise<Adopted> {
+  const s = journal.state;
+  const mismatch = settingsMismatch(journal, now);
   const again = 'run `podtap down` to restore the namespace, then `podtap up` again';
-  if (mismatch.length) throw new PodtapError('conflict', `the journal in ${opts.stateDir} was written with other settings (${mismatch.join('; ')})`, `restart podtap with the same options to adopt the running VM, or ${again}`);
-  const problems = verifyLinks(journal, (await observe()).links, opts);
-  const nft = await run('nft', ['list', 'table', 'bridge', GUARD_TABLE]);
-  if (nft.exitCode !== 0) problems.push(`the nftables table bridge ${GUARD_TABLE} is missing`);
+  if (mismatch.length) throw new PodtapError('conflict', `the journal in ${journal.dir} was written with other settings (${mismatch.join('; ')})`, `restart podtap with the same options to adopt the running VM, or ${again}`);
+  const links = (await observe()).links;
+  const problems = s.attachments.flatMap((a) => verifyAttachment(a, links));
+  for (const family of new Set(s.attachments.map((a) => (a.datapath === 'bridge' ? 'bridge' : 'netdev')))) {
+    const nft = await run('nft', ['list', 'table', family, TABLE]);
+    if (nft.exitCode !== 0) problems.push(`the nftables table ${family} ${TABLE} is missing`);
+  }
   if (problems.length) throw new PodtapError('conflict', `cannot adopt the setup in the journal ${journal.path}: ${problems.join('; ')}`, again);
 
-  const tapSteps = journal.state.steps.filter((s) => s.id === 'tap-open' || s.id === 'tap-enslave');
-  const reattach = async (): Promise<number[]> => {
-    const tap = (await observe()).links.find((l) => l.name === opts.tap);
+  const persist = s.settings.persistTap === true;
+  const queues = typeof s.settings.queues === 'number' ? s.settings.queues : 1;
+  const reattach = async (nic: number): Promise<number[]> => {
+    const a = s.attachments[nic]!;
+    const tap = (await observe()).links.find((l) => l.name === a.tap);
     // Attaching while the VMM holds the queues would either fail (single
     // queue: EBUSY) or add a queue nobody reads (multi-queue): wait.
     // A non-persistent tap exists only while some fd is attached, and ip
@@ -64,18 +75,22 @@ export async function adopt(journal: Journal, opts: Options, rt: Runtime): Promi
     const fds: number[] = [];
     if (tap) {
       try {
-        fds.push(...rt.openTap({ name: opts.tap, queues: opts.queues, persist: opts.persistTap, reattach: true }));
+        fds.push(...rt.openTap({ name: a.tap, queues, persist, reattach: true }));
       } catch (e) {
         if (e instanceof PodtapError && e.code === 'conflict') return []; // EBUSY: attached after all
         throw e;
       }
+    } else {
+      // The VMM left and took the tap with it: make it again, as journaled.
+      const steps = s.steps.filter((x) => x.id === `nic${nic}/tap-open` || x.id === `nic${nic}/tap-up`);
+      await execute(steps, rt, fds);
     }
-    else await execute(tapSteps, rt, fds); // the VMM left and took the tap with it: make it again, as journaled
     return fds;
   };
-  const fds = opts.persistTap ? [] : await reattach();
+  const fds: number[][] = [];
+  for (const a of s.attachments) fds.push(persist ? [] : await reattach(a.nic));
   journal.own();
   journal.flush();
-  rt.log('info', 'adopted the running setup', { journal: journal.path, tapHeldByVmm: fds.length === 0 });
+  rt.log('info', 'adopted the running setup', { journal: journal.path, nics: s.attachments.length, tapsHeldByVmm: fds.filter((f) => !f.length).length });
   return { fds, reattach };
 }

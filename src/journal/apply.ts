@@ -1,22 +1,22 @@
-// Carrying out steps. Setup journals steps before running them and batches
-// consecutive `ip` lines into one process; teardown runs undo actions in
-// reverse, tolerating "already undone" so replaying it is always safe.
+// Carrying out steps. Set-up journals steps before running them and batches
+// consecutive iproute2 actions into one `ip -batch`; teardown runs undo
+// actions in reverse, taking "already undone" as done, so replaying it any
+// number of times, or after a crash half-way, is always safe.
 
-import { writeFileSync } from 'node:fs';
 import { run } from '../sys/exec.ts';
 import { PodtapError } from '../errors.ts';
 import { ipBatch, ipJsonBatch, type BatchFailure } from '../sys/ip.ts';
+import { removalScript, renderTable } from '../plan/guard.ts';
 import type { Journal } from './journal.ts';
 import type { Logger } from '../log.ts';
-import type { Action, Step, TapSpec } from '../plan/steps.ts';
+import { describeAction, ipLines, type Action, type Step, type TapSpec } from './actions.ts';
 
 /** The kernel-facing effects, injectable so ordering is unit-tested without root. */
 export interface Effects {
   ipBatch(lines: string[], opts?: { force?: boolean }): Promise<BatchFailure[]>;
   nft(script: string): Promise<string | undefined>; // error text, or undefined on success
-  sysctl(key: string, value: string): void;
-  /** Waits until no IPv6 address is tentative (duplicate address detection done). */
-  settle(): Promise<void>;
+  /** Waits until no IPv6 address is tentative (duplicate address detection done); returns how many still are. */
+  settle(timeoutMs?: number): Promise<number>;
 }
 
 export interface Runtime {
@@ -63,36 +63,43 @@ async function runNft(script: string): Promise<string | undefined> {
 export const kernel: Effects = {
   ipBatch,
   nft: runNft,
-  sysctl(key, value) {
-    writeFileSync(`/proc/sys/${key}`, value);
-  },
-  async settle() {
-    const deadline = Date.now() + 5000;
-    while (Date.now() < deadline) {
+  async settle(timeoutMs = 5000) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
       const [tentative = []] = await ipJsonBatch(['addr show tentative']);
-      if (!tentative.some((l: any) => (l.addr_info ?? []).some((a: any) => a.family === 'inet6' && a.tentative))) return;
+      const n = tentative.reduce((k: number, l: any) => k + (l.addr_info ?? []).filter((a: any) => a.family === 'inet6' && a.tentative).length, 0);
+      if (n === 0 || Date.now() >= deadline) return n;
       await new Promise((r) => setTimeout(r, 50));
     }
   },
 };
 
-/** Runs one step's nft actions; for steps that run in the background. */
-async function runNftStep(step: Step, fx: Effects): Promise<void> {
+/** The nft script of an nftables action. */
+function nftScript(a: Action): string | undefined {
+  if (a.op === 'nft-load') return renderTable(a.table);
+  if (a.op === 'nft-delete') return removalScript(a.family);
+  return undefined;
+}
+
+/** Runs one background step's actions (nftables only). */
+async function runBackground(step: Step, fx: Effects): Promise<void> {
   for (const a of step.do) {
-    if (!('nft' in a)) throw new StepFailure(step.id, 'only nft actions can run in the background');
-    const err = await fx.nft(a.nft);
+    const script = nftScript(a);
+    if (script === undefined) throw new StepFailure(step.id, `${a.op} cannot run in the background`);
+    const err = await fx.nft(script);
     if (err) throw new StepFailure(step.id, `nft: ${err}`);
   }
 }
 
 /**
  * Runs the do-actions of steps in order, one `ip -batch` per run of
- * consecutive ip lines; background steps run alongside and are waited for
- * before this returns or throws, so a rollback never races them.
+ * consecutive iproute2 actions. A background step starts when it is reached
+ * and runs alongside the rest; every one is waited for before this returns
+ * or throws, so a rollback never races them, and none can reject unobserved.
  */
 export async function execute(steps: Step[], rt: Runtime, tapFds: number[]): Promise<void> {
   const fx = rt.effects ?? kernel;
-  const background = steps.length > 1 ? steps.filter((s) => s.background).map((s) => runNftStep(s, fx)) : [];
+  const background: Promise<void>[] = [];
   let lines: { line: string; step: Step }[] = [];
   const flush = async () => {
     if (!lines.length) return;
@@ -108,19 +115,27 @@ export async function execute(steps: Step[], rt: Runtime, tapFds: number[]): Pro
   let error: unknown;
   try {
     for (const step of steps) {
-      if (step.background && steps.length > 1) continue;
+      if (step.background && steps.length > 1) {
+        const p = runBackground(step, fx);
+        p.catch(() => {}); // observed below, with allSettled; never an unhandled rejection
+        background.push(p);
+        continue;
+      }
       for (const a of step.do) {
-        if ('ip' in a) {
-          lines.push({ line: a.ip, step });
+        const ip = ipLines(a);
+        if (ip) {
+          for (const line of ip) lines.push({ line, step });
           continue;
         }
         await flush();
         try {
-          if ('sysctl' in a) fx.sysctl(a.sysctl, a.value);
-          else if ('nft' in a) {
-            const err = await fx.nft(a.nft);
+          if (a.op === 'tap-open') tapFds.push(...rt.openTap(a.tap));
+          else {
+            const script = nftScript(a);
+            if (script === undefined) throw new StepFailure(step.id, `${a.op} is not an action podtap applies`);
+            const err = await fx.nft(script);
             if (err) throw new StepFailure(step.id, `nft: ${err}`);
-          } else if ('tap' in a) tapFds.push(...rt.openTap(a.tap));
+          }
         } catch (e) {
           if (e instanceof PodtapError) throw e;
           throw new StepFailure(step.id, (e as Error).message, e);
@@ -144,12 +159,11 @@ export async function execute(steps: Step[], rt: Runtime, tapFds: number[]): Pro
  * fault injected, each step is recorded and applied alone so a crash can land
  * between any two.
  */
-export async function applyPlan(steps: Step[], journal: Journal, rt: Runtime, fault?: Fault): Promise<number[]> {
-  const fds: number[] = [];
+export async function applyPlan(steps: Step[], journal: Journal, rt: Runtime, fds: number[], fault?: Fault): Promise<void> {
   if (!fault || fault.phase !== 'setup') {
     journal.record(steps);
     await execute(steps, rt, fds);
-    return fds;
+    return;
   }
   for (let k = 0; k < steps.length; k++) {
     journal.record([steps[k]!]);
@@ -157,11 +171,10 @@ export async function applyPlan(steps: Step[], journal: Journal, rt: Runtime, fa
     await execute([steps[k]!], rt, fds);
     if (k === fault.step && fault.when === 'after') die();
   }
-  return fds;
 }
 
 // Messages that mean the undo has nothing left to do: the thing is already
-// gone or already restored. Anything else is a real failure.
+// gone or already as the undo wants it. Anything else is a real failure.
 const ALREADY = /Cannot find device|No such device|No such process|No such file or directory|Cannot assign requested address|does not exist|not enslaved/i;
 
 // A re-added IPv6 address is tentative until duplicate address detection
@@ -171,6 +184,8 @@ const AFTER_DAD = /Invalid source address|Nexthop has invalid gateway|No route t
 
 export interface UndoReport {
   failures: string[];
+  /** IPv6 addresses still running duplicate address detection when undo returned. */
+  tentative: number;
 }
 
 /** Replays the undo actions of steps, last step first. Safe to run any number of times. */
@@ -179,6 +194,7 @@ export async function undoSteps(steps: Step[], rt: Pick<Runtime, 'log' | 'effect
   const failures: string[] = [];
   const deferred: { line: string; step: Step }[] = [];
   let lines: { line: string; step: Step }[] = [];
+  let restoredV6 = false;
   const flush = async () => {
     if (!lines.length) return;
     const batch = lines;
@@ -190,16 +206,18 @@ export async function undoSteps(steps: Step[], rt: Pick<Runtime, 'log' | 'effect
       else failures.push(`${entry?.step.id ?? '?'}: ip ${f.command}: ${f.message}`);
     }
   };
+  const nft = async (step: Step, a: Action) => {
+    const err = await fx.nft(nftScript(a)!);
+    if (err) failures.push(`${step.id}: ${describeAction(a)}: ${err}`);
+  };
   const reversed = [...steps].reverse();
   // Background steps' undo (the guard) runs alongside the rest, except when a
   // fault is injected: then every step must land in its exact place.
-  const background = fault ? [] : reversed.filter((s) => s.background).map(async (step) => {
-    for (const a of step.undo) {
-      if (!('nft' in a)) continue;
-      const err = await fx.nft(a.nft);
-      if (err) failures.push(`${step.id}: nft: ${err}`);
-    }
-  });
+  const background = fault
+    ? []
+    : reversed.filter((s) => s.background).map(async (step) => {
+        for (const a of step.undo) if (nftScript(a) !== undefined) await nft(step, a);
+      });
   for (let k = 0; k < reversed.length; k++) {
     const step = reversed[k]!;
     if (step.background && !fault) continue;
@@ -207,21 +225,15 @@ export async function undoSteps(steps: Step[], rt: Pick<Runtime, 'log' | 'effect
     if (faulty) await flush();
     if (faulty && fault.when === 'before') die();
     for (const a of step.undo) {
-      if ('ip' in a) {
-        lines.push({ line: a.ip, step });
+      if (a.op === 'addr-add' && a.addr.family === 'inet6') restoredV6 = true;
+      const ip = ipLines(a);
+      if (ip) {
+        for (const line of ip) lines.push({ line, step });
         continue;
       }
       await flush();
-      if ('sysctl' in a) {
-        try {
-          fx.sysctl(a.sysctl, a.value);
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') failures.push(`${step.id}: sysctl ${a.sysctl}=${a.value}: ${(e as Error).message}`);
-        }
-      } else if ('nft' in a) {
-        const err = await fx.nft(a.nft);
-        if (err) failures.push(`${step.id}: nft: ${err}`);
-      }
+      if (nftScript(a) !== undefined) await nft(step, a);
+      else failures.push(`${step.id}: ${describeAction(a)} is not an undo action`);
     }
     if (faulty) {
       await flush();
@@ -230,11 +242,15 @@ export async function undoSteps(steps: Step[], rt: Pick<Runtime, 'log' | 'effect
   }
   await flush();
   await Promise.all(background);
+  let tentative = 0;
   if (deferred.length) {
     await fx.settle();
     for (const f of await fx.ipBatch(deferred.map((l) => l.line), { force: true })) {
       if (!ALREADY.test(f.message)) failures.push(`${deferred[f.line]?.step.id ?? '?'}: ip ${f.command}: ${f.message}`);
     }
   }
-  return { failures };
+  // Report, without waiting for it, how much duplicate address detection is
+  // still running on the restored IPv6 addresses.
+  if (restoredV6) tentative = await fx.settle(0);
+  return { failures, tentative };
 }

@@ -1,35 +1,36 @@
 // The journal is the state file that makes teardown exact and crash-proof.
 // Every step is in it before it is applied (write-ahead), so whatever happens
 // to the process, `podtap down` replays the undo actions of everything that
-// might have been done. Each write replaces the file atomically (temporary
-// file, fsync, rename) and carries a checksum, so a crash mid-write leaves the
-// previous version and a damaged file is refused rather than half-applied.
+// might have been done. Each write replaces the file atomically and carries
+// a checksum, so a crash mid-write leaves the previous version and a damaged
+// file is refused rather than half-applied. Steps are typed data
+// (actions.ts), checked in full before any of them is acted on.
 
 import { crc32 } from 'node:zlib';
-import { randomId } from '../net/random.ts';
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, readlinkSync, renameSync, unlinkSync, writeSync, accessSync, constants } from 'node:fs';
+import { closeSync, constants as C, fstatSync, ftruncateSync, openSync, readFileSync, readlinkSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { randomId } from '../net/random.ts';
 import { PodtapError } from '../errors.ts';
-import type { PodNetwork } from '../pod/model.ts';
-import type { Step } from '../plan/steps.ts';
-import type { VmIdentity } from '../plan/plan.ts';
+import type { Pod } from '../pod/model.ts';
+import type { Attachment } from '../plan/attachment.ts';
+import { checkStep, type Step } from './actions.ts';
+import { readStateFile, removeStateFile, writeStateFile } from './statedir.ts';
 
-export const FORMAT = 'podtap-journal/1';
+export const FORMAT = 'podtap-journal/2';
+/** Formats earlier releases wrote, for a clear refusal. */
+const OLD_FORMATS: Record<string, string> = { 'podtap-journal/1': 'podtap 0.1' };
 
 export interface JournalState {
   format: typeof FORMAT;
   runId: string;
   pid: number;
-  pidStart: string;
   netns: string;
   createdAt: string;
   phase: 'setup' | 'ready' | 'teardown';
   settings: Record<string, unknown>; // the options that shaped the plan, for adoption and diagnostics
-  pod: PodNetwork;
-  vm: VmIdentity;
-  linkLocal: string;
-  bridgeMac: string;
-  vethMac: string;
+  pod: Pod;
+  attachments: Attachment[];
+  serverId: string; // DHCPv4 server identifier (CIDR)
   steps: Step[];
 }
 
@@ -41,22 +42,9 @@ export function currentNetns(): string {
   }
 }
 
-/** Field 22 of /proc/PID/stat: tells a live owner from a recycled pid. */
-export function processStart(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
-
-export function alive(pid: number, start: string): boolean {
-  return processStart(pid) === start;
-}
-
-// CRC-32 finds torn or damaged files, which is all the journal needs; it
-// spares loading node:crypto at start-up.
+// CRC-32 finds torn or damaged files, which is all the checksum is for: it
+// is no protection against someone who can write the state dir (anyone can
+// recompute it); the state dir's ownership and the typed steps are.
 function checksum(body: string): string {
   return crc32(body).toString(16).padStart(8, '0');
 }
@@ -66,21 +54,39 @@ export function serialize(state: JournalState): string {
   return JSON.stringify({ crc32: checksum(body), body }) + '\n';
 }
 
-/** Parses and verifies a journal file's text; throws PodtapError('journal') on anything not ours or damaged. */
+/** Parses and verifies a journal file's text; throws PodtapError('journal') on anything not ours, damaged or not well-formed. */
 export function deserialize(text: string, path: string): JournalState {
-  const refuse = (why: string) =>
-    new PodtapError('journal', `the journal ${path} ${why}`, `it was not written by this podtap run; if you are sure the namespace is as it should be, move the file away and retry`);
+  const refuse = (why: string, hint = 'it was not written by this podtap; if you are sure the namespace is as it should be, move the file away and retry') =>
+    new PodtapError('journal', `the journal ${path} ${why}`, hint);
   let outer: { crc32?: unknown; body?: unknown };
   try {
     outer = JSON.parse(text);
   } catch {
-    throw refuse('is not valid JSON (corrupt)');
+    throw refuse('is not valid JSON (corrupt or truncated)');
   }
   if (typeof outer.body !== 'string' || typeof outer.crc32 !== 'string') throw refuse('is not a podtap journal');
   if (checksum(outer.body) !== outer.crc32) throw refuse('fails its checksum (corrupt)');
-  const state = JSON.parse(outer.body) as JournalState;
+  let state: JournalState;
+  try {
+    state = JSON.parse(outer.body) as JournalState;
+  } catch {
+    throw refuse('has a body that is not JSON');
+  }
+  if (typeof state.format === 'string' && OLD_FORMATS[state.format])
+    throw refuse(
+      `was written by ${OLD_FORMATS[state.format]} (format ${state.format}), whose steps this podtap no longer replays`,
+      `restore the namespace with that release's \`podtap down\` (its image), or move the journal away if the namespace is already as it should be`,
+    );
   if (state.format !== FORMAT) throw refuse(`has format ${JSON.stringify(state.format)}, expected ${FORMAT}`);
-  if (!Array.isArray(state.steps)) throw refuse('has no step list');
+  if (!Array.isArray(state.steps) || state.steps.length > 100_000) throw refuse('has no step list');
+  if (!['setup', 'ready', 'teardown'].includes(state.phase)) throw refuse(`has an unknown phase ${JSON.stringify(state.phase)}`);
+  for (const s of state.steps) {
+    try {
+      checkStep(s);
+    } catch (e) {
+      throw refuse(`holds a step podtap would never write (${(e as Error).message}), so none of it is acted on`);
+    }
+  }
   return state;
 }
 
@@ -88,11 +94,10 @@ export class Journal {
   readonly dir: string;
   readonly path: string;
   state: JournalState;
-  private writes = 0;
 
   private constructor(dir: string, state: JournalState) {
     this.dir = dir;
-    this.path = join(dir, 'journal.json');
+    this.path = Journal.pathIn(dir);
     this.state = state;
   }
 
@@ -103,13 +108,8 @@ export class Journal {
   /** The journal in dir, verified, or undefined when there is none. */
   static load(dir: string): Journal | undefined {
     const path = Journal.pathIn(dir);
-    let text: string;
-    try {
-      text = readFileSync(path, 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw new PodtapError('journal', `cannot read the journal ${path}: ${(e as Error).message}`, 'check the permissions of --state-dir');
-    }
+    const text = readStateFile(path);
+    if (text === undefined) return undefined;
     const state = deserialize(text, path);
     const here = currentNetns();
     if (state.netns !== here)
@@ -117,25 +117,22 @@ export class Journal {
     return new Journal(dir, state);
   }
 
-  static create(dir: string, init: Omit<JournalState, 'format' | 'runId' | 'pid' | 'pidStart' | 'netns' | 'createdAt' | 'phase' | 'steps'>): Journal {
-    const state: JournalState = {
+  static create(dir: string, init: Pick<JournalState, 'settings' | 'pod' | 'attachments' | 'serverId'>): Journal {
+    return new Journal(dir, {
       format: FORMAT,
       runId: randomId(),
       pid: process.pid,
-      pidStart: processStart(process.pid) ?? '',
       netns: currentNetns(),
       createdAt: new Date().toISOString(),
       phase: 'setup',
       steps: [],
       ...init,
-    };
-    return new Journal(dir, state);
+    });
   }
 
   /** Takes the journal over for this process (adoption, teardown by `down`). */
   own(): void {
     this.state.pid = process.pid;
-    this.state.pidStart = processStart(process.pid) ?? '';
   }
 
   /** Write-ahead: record steps before any of them is applied. */
@@ -149,84 +146,82 @@ export class Journal {
     this.flush();
   }
 
+  /** Every byte written and synced, or an exception (set-up then fails and rolls back). */
   flush(): void {
-    const tmp = `${this.path}.tmp`;
-    const fd = openSync(tmp, 'w', 0o600);
-    try {
-      writeSync(fd, serialize(this.state));
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, this.path);
-    this.writes++;
+    writeStateFile(this.path, serialize(this.state));
   }
 
   remove(): void {
-    for (const p of [this.path, `${this.path}.tmp`]) {
-      try {
-        unlinkSync(p);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-      }
-    }
-  }
-}
-
-/** Makes the state dir and checks it is writable, before anything is changed. */
-export function prepareStateDir(dir: string): void {
-  try {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    accessSync(dir, constants.W_OK);
-  } catch (e) {
-    throw new PodtapError('environment', `the state dir ${dir} is not writable: ${(e as Error).message}`, 'give a writable directory with --state-dir (the default /run/podtap needs a writable /run)', e);
+    removeStateFile(this.path);
   }
 }
 
 /**
- * One podtap per namespace: a lock file created exclusively, naming its
- * owner. A lock whose owner is gone (crash, kill -9) is taken over.
+ * One podtap per namespace: an exclusive flock on STATE_DIR/lock, which the
+ * kernel releases when its holder dies however it dies, so a crashed podtap
+ * never blocks the next one and a live one can't be impersonated by a file.
+ * The file names its holder for the error message only.
  */
 export class Lock {
   readonly path: string;
-  private constructor(path: string) {
+  private fd: number;
+
+  private constructor(path: string, fd: number) {
     this.path = path;
+    this.fd = fd;
   }
 
-  static acquire(dir: string, what: string): Lock {
+  static async acquire(dir: string, what: string): Promise<Lock> {
+    const { tryLockExclusive } = await import('../sys/native.ts');
     const path = join(dir, 'lock');
-    for (let attempt = 0; attempt < 3; attempt++) {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      let fd: number;
       try {
-        const fd = openSync(path, 'wx', 0o600);
-        writeSync(fd, `${process.pid} ${processStart(process.pid) ?? ''}\n`);
-        closeSync(fd);
-        return new Lock(path);
+        fd = openSync(path, C.O_RDWR | C.O_CREAT | C.O_NOFOLLOW, 0o600);
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw new PodtapError('environment', `cannot create the lock ${path}: ${(e as Error).message}`, 'give a writable --state-dir');
+        const hint = (e as NodeJS.ErrnoException).code === 'ELOOP' ? `${path} is a symbolic link: remove it` : 'give a writable --state-dir';
+        throw new PodtapError('environment', `cannot open the lock ${path}: ${(e as Error).message}`, hint);
       }
-      let owner = '';
+      const st = fstatSync(fd);
+      if (!st.isFile() || st.uid !== (process.geteuid?.() ?? 0)) {
+        closeSync(fd);
+        throw new PodtapError('environment', `the lock ${path} is not a file of podtap's own`, `remove ${path}; the state dir must be podtap's own`);
+      }
+      if (!tryLockExclusive(fd)) {
+        let holder = '';
+        try {
+          holder = readFileSync(path, 'utf8').trim().split(' ')[0] ?? '';
+        } catch {
+          // unreadable: the message goes without the pid
+        }
+        closeSync(fd);
+        throw new PodtapError('conflict', `another podtap${/^\d+$/.test(holder) ? ` (pid ${holder})` : ''} holds ${path}, so this one cannot ${what}`, 'stop it with SIGTERM (it tears down by itself), or use another --state-dir for another namespace');
+      }
+      // The holder before us may have removed the file after we opened it:
+      // then our lock is on a name nobody else sees. Start over.
+      let same = false;
       try {
-        owner = readFileSync(path, 'utf8').trim();
+        const now = statSync(path);
+        same = now.ino === st.ino && now.dev === st.dev;
       } catch {
-        continue; // released meanwhile
+        same = false;
       }
-      const [pid, start] = owner.split(' ');
-      if (pid && start !== undefined && alive(Number(pid), start))
-        throw new PodtapError('conflict', `another podtap (pid ${pid}) holds ${path}, so it cannot ${what}`, `stop it with SIGTERM (it tears down by itself), or use another --state-dir for another namespace`);
-      try {
-        unlinkSync(path);
-      } catch {
-        // someone else took it over first; retry
+      if (!same) {
+        closeSync(fd);
+        continue;
       }
+      ftruncateSync(fd, 0);
+      writeSync(fd, `${process.pid}\n`, 0);
+      return new Lock(path, fd);
     }
-    throw new PodtapError('conflict', `could not take the lock ${path}`, 'another podtap is starting here; retry');
+    throw new PodtapError('conflict', `could not take the lock ${path}`, 'another podtap is starting or stopping here; retry');
   }
 
+  /** Removes the file while still holding the lock, then lets go. */
   release(): void {
-    try {
-      unlinkSync(this.path);
-    } catch {
-      // already gone
-    }
+    if (this.fd < 0) return;
+    removeStateFile(this.path);
+    closeSync(this.fd);
+    this.fd = -1;
   }
 }

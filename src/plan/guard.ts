@@ -1,76 +1,175 @@
-// The bridge guard: one nftables table of the bridge family, created and
-// deleted as a unit. A dedicated table (rather than `ebtables -A`) is what makes
-// teardown exact: ebtables-nft leaves `table bridge filter` and its base chains
-// behind after its last rule is deleted, so the ruleset would differ from the
-// one we found. Deleting our own table removes every trace in one transaction.
+// The guard, and for the redirect data path the data path itself: one
+// nftables table of podtap's own per family, loaded and deleted as a unit.
+// A dedicated table (rather than `ebtables -A`) is what makes teardown exact:
+// deleting it removes every trace in one transaction.
+//
+// The rules are an allow-list, applied to what the node will actually
+// process: from the guest only untagged IPv4, ARP and IPv6 frames leave
+// (the kernel strips VLAN tags the node would then take as plain frames),
+// with the guest's own MAC and addresses; no DHCP or router messages pass in
+// either direction; podtap's own servers read the guest's requests from a
+// packet socket on the TAP, which sees frames before these hooks do.
+//
+// The journal holds the typed description (NftTable), never the script:
+// `validateNftTable` checks it before anything is rendered from it.
 
-export const GUARD_TABLE = 'podtap';
+import { parseIpv4 } from '../net/ipv4.ts';
+import { parseIpv6 } from '../net/ipv6.ts';
+import { validIfname, validMac } from '../net/names.ts';
 
-export interface GuardSpec {
-  veth: string;
+export const TABLE = 'podtap';
+
+/** One NIC's rules. */
+export interface NicGuard {
+  nic: number;
+  podIf: string; // the pod interface
   tap: string;
-  bridgeMac: string; // where the guest's unicast DHCP traffic is redirected
-  serverIp: string; // the bridge's link-local address, our DHCP server identifier
-  antispoof?: {
-    vmMac: string;
-    ipv4: string[]; // addresses the guest may use as IPv4/ARP sender
-    ipv6: string[]; // pod IPv6 addresses the guest may use (plus link-local)
-  };
+  bridge?: string; // bridge data path only
+  vmMac: string;
+  antispoof: boolean;
+  ipv4: string[]; // sources the guest may use besides DHCP's 0.0.0.0
+  ipv6: string[]; // global sources the guest may use besides link-local and ::
+  /** Link-local addresses that are the router's (podtap's or the gateway's): the guest may not claim them. */
+  reservedLinkLocal: string[];
+  /** The router address podtap answers neighbour solicitations for: the guest's solicitations for it stay inside. */
+  ndProxy?: string;
 }
+
+export interface NftTable {
+  family: 'bridge' | 'netdev';
+  name: typeof TABLE;
+  nics: NicGuard[];
+}
+
+/** Broadcast and multicast frames per second the guest may send (ARP, ND, DHCP need a handful). */
+export const FLOOD_LIMIT = { rate: 2000, burst: 1000 };
 
 function set(items: string[]): string {
   return items.length === 1 ? items[0]! : `{ ${items.join(', ')} }`;
 }
 
-/** The whole table as an `nft -f` script; loading it replaces any earlier copy atomically. */
-export function guardRuleset(g: GuardSpec): string {
-  const v = JSON.stringify(g.veth);
-  const t = JSON.stringify(g.tap);
-  const pre: string[] = [
-    // Nothing from outside may talk to our DHCP server or its address, and
-    // outside DHCP servers may not answer the guest: the pod's identity comes
-    // from us only.
-    `iifname ${v} udp dport 67 drop`,
-    `iifname ${v} udp sport 67 drop`,
-    `iifname ${v} ip daddr ${g.serverIp} drop`,
-    `iifname ${v} arp daddr ip ${g.serverIp} drop`,
-    // A renewing guest unicasts to the server identifier, which is not on any
-    // of the pod's subnets, so its frame carries the gateway's MAC. Hand it
-    // to br0 instead; this keeps the guest's routes exactly the pod's.
-    `iifname ${t} ip daddr ${g.serverIp} udp dport 67 ether daddr set ${g.bridgeMac} meta pkttype set host`,
+/** An IPv6 address as the 128-bit integer nft's raw payload matches compare with. */
+function hex128(addr: string): string {
+  return '0x' + parseIpv6(addr)!.toString(16).padStart(32, '0');
+}
+
+/**
+ * Rules for frames from the guest, in order. Every rule drops; what is left
+ * goes on (the bridge forwards it, the redirect chain moves it). Drops that
+ * mean an attack or a misconfigured guest are counted under a reason that
+ * `podtap status` reports.
+ */
+export function fromVmRules(g: NicGuard): string[] {
+  const r: string[] = [
+    `ether type != { ip, arp, ip6 } counter drop comment "not-ip"`,
   ];
-  if (g.antispoof) {
-    const a = g.antispoof;
-    pre.push(
-      `iifname ${t} ether saddr != ${a.vmMac} drop`,
-      `iifname ${t} arp saddr ether != ${a.vmMac} drop`,
-      `iifname ${t} ip saddr != ${set(['0.0.0.0', ...a.ipv4])} drop`,
-      `iifname ${t} arp saddr ip != ${set(['0.0.0.0', ...a.ipv4])} drop`,
-      `iifname ${t} ip6 saddr != ${set(['::', 'fe80::/10', ...a.ipv6])} drop`,
+  if (g.antispoof) r.push(`ether saddr != ${g.vmMac} counter drop comment "spoofed-mac"`);
+  r.push(
+    `meta pkttype { broadcast, multicast } limit rate over ${FLOOD_LIMIT.rate}/second burst ${FLOOD_LIMIT.burst} packets counter drop comment "flood"`,
+    // The guest's DHCP requests and router solicitations are for podtap,
+    // whose packet socket already has them.
+    `udp dport { 67, 547 } drop`,
+    `icmpv6 type nd-router-solicit drop`,
+    `udp sport { 67, 547 } counter drop comment "dhcp-server"`,
+    `icmpv6 type { nd-router-advert, nd-redirect, router-renumbering } counter drop comment "router"`,
+  );
+  if (g.ndProxy) r.push(`icmpv6 type nd-neighbor-solicit @th,64,128 ${hex128(g.ndProxy)} drop`);
+  if (!g.antispoof) return r;
+  const v4 = g.ipv4;
+  r.push(
+    `arp htype != 1 counter drop comment "bad-arp"`,
+    `arp ptype != ip counter drop comment "bad-arp"`,
+    `arp hlen != 6 counter drop comment "bad-arp"`,
+    `arp plen != 4 counter drop comment "bad-arp"`,
+    `arp saddr ether != ${g.vmMac} counter drop comment "spoofed-arp"`,
+    `arp saddr ip != ${set(['0.0.0.0', ...v4])} counter drop comment "spoofed-arp"`,
+    v4.length ? `ip saddr != ${set(v4)} counter drop comment "spoofed-ipv4"` : `meta protocol ip counter drop comment "spoofed-ipv4"`,
+    // The unspecified address is for duplicate address detection and the
+    // MLD reports that go with it, nothing else.
+    `ip6 saddr :: meta l4proto != ipv6-icmp counter drop comment "spoofed-ipv6"`,
+    `ip6 saddr :: icmpv6 type != { nd-neighbor-solicit, mld-listener-report, mld2-listener-report } counter drop comment "spoofed-ipv6"`,
+    `ip6 saddr != ${set(['::', 'fe80::/64', ...g.ipv6])} counter drop comment "spoofed-ipv6"`,
+    // Neighbour advertisements may claim only the guest's own addresses.
+    `icmpv6 type nd-neighbor-advert @th,64,64 != 0xfe80000000000000${g.ipv6.length ? ` @th,64,128 != ${set(g.ipv6.map(hex128))}` : ''} counter drop comment "spoofed-na"`,
+  );
+  if (g.reservedLinkLocal.length) {
+    r.push(
+      `ip6 saddr ${set(g.reservedLinkLocal)} counter drop comment "spoofed-ipv6"`,
+      `icmpv6 type nd-neighbor-advert @th,64,128 ${set(g.reservedLinkLocal.map(hex128))} counter drop comment "spoofed-na"`,
     );
   }
-  const forward = [
-    // The guest's DHCP requests are for us alone: never flood them to the node.
-    `iifname ${t} oifname ${v} udp dport 67 drop`,
+  return r;
+}
+
+/** Rules for frames from the pod interface towards the guest. */
+export function fromPodRules(): string[] {
+  return [
+    `ether type != { ip, arp, ip6 } counter drop comment "not-ip"`,
+    // The guest's identity comes from podtap only: no outside DHCP server or
+    // router may answer it, and nobody outside talks to podtap's servers.
+    `udp sport { 67, 547 } counter drop comment "outside-dhcp"`,
+    `udp dport { 67, 547 } counter drop comment "outside-dhcp"`,
+    `icmpv6 type { nd-router-advert, nd-redirect } counter drop comment "outside-router"`,
   ];
-  // The pod's own stack has nothing to say to the node any more: whatever
-  // br0 itself sends (DHCP replies, ARP for its address) stays inside.
-  const output = [`oifname ${v} udp sport 67 drop`, `oifname ${v} ether saddr ${g.bridgeMac} drop`];
-  const chain = (name: string, hook: string, prio: string, rules: string[]) =>
-    `  chain ${name} {\n    type filter hook ${hook} priority ${prio}; policy accept;\n` +
-    rules.map((r) => `    ${r}\n`).join('') +
-    '  }\n';
-  return (
-    `add table bridge ${GUARD_TABLE}\ndelete table bridge ${GUARD_TABLE}\n` +
-    `table bridge ${GUARD_TABLE} {\n` +
-    chain('prerouting', 'prerouting', 'dstnat', pre) +
-    chain('forward', 'forward', 'filter', forward) +
-    chain('output', 'output', 'filter', output) +
-    '}\n'
-  );
+}
+
+const q = (name: string) => JSON.stringify(name);
+
+function bridgeTable(t: NftTable): string {
+  const vmap = t.nics.flatMap((g) => [`${q(g.tap)} : jump vm${g.nic}`, `${q(g.podIf)} : jump pod${g.nic}`]).join(', ');
+  const chains = t.nics.flatMap((g) => [chain(`vm${g.nic}`, undefined, fromVmRules(g)), chain(`pod${g.nic}`, undefined, fromPodRules())]);
+  // The bridge has no address and nothing to say: whatever its own stack
+  // would send stays inside.
+  const ports = t.nics.flatMap((g) => [g.podIf, g.tap]).map(q);
+  return [
+    chain('prerouting', 'type filter hook prerouting priority dstnat; policy accept;', [`iifname vmap { ${vmap} }`]),
+    ...chains,
+    chain('output', 'type filter hook output priority filter; policy accept;', [`oifname ${set(ports)} counter drop comment "bridge-output"`]),
+  ].join('');
+}
+
+function netdevTable(t: NftTable): string {
+  return t.nics
+    .flatMap((g) => [
+      chain(`vm${g.nic}`, `type filter hook ingress device ${q(g.tap)} priority filter; policy drop;`, [...fromVmRules(g), `fwd to ${q(g.podIf)}`]),
+      chain(`pod${g.nic}`, `type filter hook ingress device ${q(g.podIf)} priority filter; policy drop;`, [...fromPodRules(), `fwd to ${q(g.tap)}`]),
+    ])
+    .join('');
+}
+
+function chain(name: string, head: string | undefined, rules: string[]): string {
+  return `  chain ${name} {\n${head ? `    ${head}\n` : ''}${rules.map((r) => `    ${r}\n`).join('')}  }\n`;
+}
+
+/** The whole table as an `nft -f` script; loading it replaces any earlier copy atomically. */
+export function renderTable(t: NftTable): string {
+  const body = t.family === 'bridge' ? bridgeTable(t) : netdevTable(t);
+  return `add table ${t.family} ${TABLE}\ndelete table ${t.family} ${TABLE}\ntable ${t.family} ${TABLE} {\n${body}}\n`;
 }
 
 /** Idempotent removal: `add` first so deleting never fails on a missing table. */
-export function guardRemoval(): string {
-  return `add table bridge ${GUARD_TABLE}\ndelete table bridge ${GUARD_TABLE}\n`;
+export function removalScript(family: NftTable['family']): string {
+  return `add table ${family} ${TABLE}\ndelete table ${family} ${TABLE}\n`;
+}
+
+/** Throws naming the first field that is not what podtap itself would write. */
+export function validateNftTable(t: NftTable): void {
+  const bad = (what: string, v: unknown): never => {
+    throw new Error(`bad ${what} ${JSON.stringify(v)}`);
+  };
+  if (!t || typeof t !== 'object') bad('nftables table', t);
+  if (t.family !== 'bridge' && t.family !== 'netdev') bad('nftables family', t.family);
+  if (t.name !== TABLE) bad('nftables table name (podtap loads only its own)', t.name);
+  if (!Array.isArray(t.nics) || t.nics.length < 1 || t.nics.length > 64) bad('NIC list', t.nics);
+  for (const g of t.nics) {
+    if (!Number.isInteger(g.nic) || g.nic < 0 || g.nic > 63) bad('NIC index', g.nic);
+    for (const n of [g.podIf, g.tap, ...(g.bridge !== undefined ? [g.bridge] : [])]) if (typeof n !== 'string' || !validIfname(n)) bad('interface name', n);
+    if (typeof g.vmMac !== 'string' || !validMac(g.vmMac)) bad('MAC', g.vmMac);
+    if (typeof g.antispoof !== 'boolean') bad('antispoof flag', g.antispoof);
+    if (!Array.isArray(g.ipv4) || g.ipv4.some((a) => typeof a !== 'string' || parseIpv4(a) === undefined)) bad('IPv4 list', g.ipv4);
+    const v6 = (a: unknown) => typeof a === 'string' && parseIpv6(a) !== undefined;
+    if (!Array.isArray(g.ipv6) || !g.ipv6.every(v6)) bad('IPv6 list', g.ipv6);
+    if (!Array.isArray(g.reservedLinkLocal) || !g.reservedLinkLocal.every(v6)) bad('reserved link-local list', g.reservedLinkLocal);
+    if (g.ndProxy !== undefined && !v6(g.ndProxy)) bad('router address', g.ndProxy);
+  }
 }

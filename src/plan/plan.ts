@@ -1,58 +1,50 @@
-// Planning is pure: from what discovery found and the options, the ordered
-// steps that turn the pod's veth into br0 + tap0, each with its undo. Undo
-// replays in reverse, so the order here is also the restore order, read
-// backwards: routes come back after addresses, on-link routes before the
-// gateway routes that need them, the MAC before IPv6 is re-enabled (the
-// kernel derives the link-local address from it).
+// Planning is pure: from what discovery found and the options, one
+// attachment per pod interface and the ordered steps that take each
+// interface over, each step with its undo. Undo replays in reverse, so the
+// order here is also the restore order, read backwards: addresses come back
+// before the routes that need them, on-link routes before gateway routes,
+// and an interface's IPv6 address generation last.
 
 import { PodtapError } from '../errors.ts';
-import { guardRuleset, guardRemoval } from './guard.ts';
-import { contains, formatIpv4, networkOf, parseCidr, parseIfaceCidr, parseIpv4, type Cidr } from '../net/ipv4.ts';
+import { formatIpv4, networkOf, parseIpv4 } from '../net/ipv4.ts';
 import { network6 } from '../net/ipv6.ts';
-import type { Address, PodNetwork, Route, Link } from '../pod/model.ts';
-import { addrDel, addrRestore, neighRestore, neighSpec, routeSpec, type Step, type Action } from './steps.ts';
+import type { Address, Link, Pod, PodInterface, Route } from '../pod/model.ts';
+import type { Step } from '../journal/actions.ts';
+import { checkInterface, chooseServerId, ipv4Of, ipv6Of, nicNames, primaryNic, type Attachment, type Names } from './attachment.ts';
+import { chooseDatapath, type Datapath, type DatapathSupport } from './datapath/index.ts';
+import { bridgeSteps } from './datapath/bridge.ts';
+import { redirectSteps } from './datapath/redirect.ts';
+import { TABLE, type NicGuard, type NftTable } from './guard.ts';
 
-export interface PlanOptions {
-  bridge: string;
-  tap: string;
+export interface PlanOptions extends Names {
   queues: number;
   linkLocal: string; // CIDR
   linkLocalExplicit: boolean;
   antispoof: boolean;
   persistTap: boolean;
   tapOwner?: { uid: number; gid?: number };
+  datapath?: Datapath;
+  support: DatapathSupport;
 }
 
+/** MACs podtap makes up, per NIC (random in production, fixed in tests). */
 export interface Generated {
-  vethMac: string; // what the veth wears while the VM has its MAC
+  serverMac: string;
+  portMac: string;
   bridgeMac: string;
 }
 
-export interface VmIdentity {
-  mac: string;
-  ip: string; // CIDR
-  address: string;
-  prefixlen: number;
-  mtu: number;
-  gateway?: string;
-}
-
 export interface Plan {
-  vm: VmIdentity;
-  linkLocal: string; // CIDR actually used
+  attachments: Attachment[];
+  serverId: string; // DHCPv4 server identifier (CIDR)
   steps: Step[];
 }
 
-/** The address the VM gets: the first primary global IPv4 address of the veth. */
-export function primaryIpv4(addresses: Address[]): Address | undefined {
-  return addresses.find((a) => a.family === 'inet' && !a.flags.includes('secondary') && a.scope === 'global') ?? addresses.find((a) => a.family === 'inet');
-}
-
 /**
- * Routes podtap moves: every route through the veth except those the kernel
- * owns: the local table (derived from addresses) and the IPv6 link-local
- * prefix route, which comes and goes with IPv6 on the link. Restoring the
- * latter by hand races the kernel's own copy and can leave two.
+ * Routes podtap moves: every route through the interface except those the
+ * kernel owns: the local table (derived from addresses) and the IPv6
+ * link-local prefix route, which comes and goes with the link-local address.
+ * Restoring the latter by hand races the kernel's own copy and can leave two.
  */
 export function movableRoutes(routes: Route[]): Route[] {
   const kernelLinkLocal = (r: Route) => r.family === 'inet6' && r.protocol === 'kernel' && r.dst === 'fe80::/64';
@@ -69,17 +61,19 @@ export function routeAddOrder(routes: Route[]): Route[] {
   return routes.map((r, i) => ({ r, i })).sort((a, b) => rank(a.r) - rank(b.r) || a.i - b.i).map((x) => x.r);
 }
 
-/** Addresses in the order that recreates them as they were: primaries before their secondaries. */
+/**
+ * Addresses in the order that recreates them as they were: primaries before
+ * their secondaries. The kernel's IPv6 link-local address is among them: it
+ * is taken away with the rest (the pod's stack must say nothing on the
+ * link, and without it the kernel sends no router solicitations or MLD
+ * reports) and put back as it was.
+ */
 export function addressAddOrder(addresses: Address[]): Address[] {
-  const restorable = addresses.filter((a) => !a.flags.includes('dadfailed'));
-  const v6LinkLocal = (a: Address) => a.family === 'inet6' && a.scope === 'link';
-  // IPv6 link-local addresses the kernel generates come back by themselves
-  // when IPv6 is re-enabled; the rest are restored explicitly.
-  return restorable.filter((a) => !v6LinkLocal(a) || a.flags.includes('nodad') || a.flags.includes('noprefixroute'));
+  return addresses.filter((a) => !a.flags.includes('dadfailed'));
 }
 
 /** Kernel prefix routes that re-adding an address creates but the pod did not have (CNI ptp deletes its own). */
-function strayPrefixRoutes(a: Address, routes: Route[], dev: string): string[] {
+function strayPrefixRoutes(a: Address, routes: Route[], dev: string): Route[] {
   if (a.flags.includes('noprefixroute') || a.peer) return [];
   const v6 = a.family === 'inet6';
   if (a.prefixlen === (v6 ? 128 : 32) || (v6 && a.scope === 'link')) return [];
@@ -88,161 +82,115 @@ function strayPrefixRoutes(a: Address, routes: Route[], dev: string): string[] {
   const metric = a.metric ?? (v6 ? 256 : undefined);
   const present = routes.some((r) => r.table === 'main' && r.dst === net && r.protocol === 'kernel' && r.metric === metric);
   if (present) return [];
-  return [`route del ${net} dev ${dev} table main proto kernel${v6 ? '' : ' scope link'}${metric !== undefined ? ' metric ' + metric : ''}`];
+  return [{ family: a.family, table: 'main', type: 'unicast', dst: net, dev, protocol: 'kernel', ...(v6 ? {} : { scope: 'link' }), ...(metric !== undefined ? { metric } : {}), flags: [] }];
 }
 
-const LL_CANDIDATES = ['169.254.75.1/32', '169.254.75.2/32', '169.254.76.1/32', '169.254.77.1/32'];
-
-function clashes(ll: string, pod: PodNetwork): boolean {
-  const c = parseIfaceCidr(ll)!;
-  const v4routes = pod.routes.filter((r) => r.family === 'inet');
-  const v4addrs = pod.addresses.filter((a) => a.family === 'inet');
-  const hosts = [...v4addrs.map((a) => a.local), ...v4routes.flatMap((r) => [r.gateway, r.prefsrc])]
-    .map((h) => (h ? parseIpv4(h) : undefined))
-    .filter((x): x is number => x !== undefined);
-  // Networks the pod reaches directly or by route, other than the default.
-  const nets: Cidr[] = [
-    ...v4addrs.map((a) => ({ addr: parseIpv4(a.local) ?? 0, prefixlen: a.prefixlen })),
-    ...v4routes.filter((r) => r.dst !== 'default').flatMap((r) => parseCidr(r.dst) ?? []),
-  ];
-  return (
-    hosts.some((h) => contains(c.addr, c.prefixlen, h)) ||
-    nets.some((n) => n.prefixlen > 0 && (contains(n.addr, n.prefixlen, c.addr) || contains(c.addr, c.prefixlen, n.addr)))
-  );
-}
-
-export function chooseLinkLocal(pod: PodNetwork, opts: Pick<PlanOptions, 'linkLocal' | 'linkLocalExplicit'>): string {
-  if (!clashes(opts.linkLocal, pod)) return opts.linkLocal;
-  if (opts.linkLocalExplicit)
-    throw new PodtapError('conflict', `--link-local ${opts.linkLocal} overlaps an address, route or gateway of the pod`, 'choose another 169.254.x.y address with --link-local');
-  const free = LL_CANDIDATES.find((c) => !clashes(c, pod));
-  if (!free) throw new PodtapError('conflict', 'every default link-local address overlaps the pod network', 'choose a free 169.254.x.y address with --link-local');
-  return free;
-}
-
-/** Checks that need only discovery data; each names the problem and the fix. */
-export function checkPod(pod: PodNetwork, links: Link[], opts: Pick<PlanOptions, 'bridge' | 'tap'>): Address {
-  const v4 = primaryIpv4(pod.addresses);
-  if (!v4)
-    throw new PodtapError('discovery', `${pod.link.name} has no IPv4 address, so there is no identity to give the VM`, 'run podtap after the CNI plugin has configured the pod (IPv6-only pods are not supported yet)');
-  if (pod.link.master)
-    throw new PodtapError('conflict', `${pod.link.name} is already a port of ${pod.link.master}`, 'if a previous podtap left it so, run `podtap down`; otherwise release it first');
-  for (const [what, name] of [['bridge', opts.bridge], ['tap', opts.tap]] as const) {
-    if (links.some((l) => l.name === name))
-      throw new PodtapError('conflict', `a link named ${name} already exists, so the ${what} can't be created`, `remove it, run \`podtap down\` if podtap left it, or choose another name with --${what}`);
-  }
-  return v4;
-}
-
-export function plan(pod: PodNetwork, links: Link[], opts: PlanOptions, gen: Generated): Plan {
-  const v4 = checkPod(pod, links, opts);
-  const dev = pod.link.name;
-  const ll = chooseLinkLocal(pod, opts);
-  const llAddr = ll.split('/')[0]!;
-  const mtu = pod.link.mtu;
-  const defaultRoute = pod.routes.find((r) => r.family === 'inet' && r.table === 'main' && r.dst === 'default' && r.gateway);
-  const vm: VmIdentity = {
-    mac: pod.link.mac,
-    ip: `${v4.local}/${v4.prefixlen}`,
-    address: v4.local,
-    prefixlen: v4.prefixlen,
-    mtu,
-    ...(defaultRoute?.gateway ? { gateway: defaultRoute.gateway } : {}),
-  };
+/** The steps that take an interface's layer-3 identity away, recording how to put it back. */
+function stripSteps(iface: PodInterface, p: string): Step[] {
+  const dev = iface.link.name;
   const steps: Step[] = [];
-  const ip = (line: string): Action => ({ ip: line });
+  // IPv6 address generation off first, so nothing regenerates the link-local
+  // address once it is gone; it is put back last. A netlink change rather
+  // than disable_ipv6, which engines mount read-only.
+  const mode = iface.link.addrGenMode;
+  if (mode && mode !== 'none' && ['eui64', 'stable_secret', 'random'].includes(mode))
+    steps.push({ id: `${p}/ipv6-quiet`, do: [{ op: 'link-set', name: dev, addrGenMode: 'none' }], undo: [{ op: 'link-set', name: dev, addrGenMode: mode as 'eui64' }] });
+  routeAddOrder(movableRoutes(iface.routes))
+    .reverse()
+    .forEach((route, i) => steps.push({ id: `${p}/route-del/${i}`, do: [{ op: 'route-del', route }], undo: [{ op: 'route-add', route }] }));
+  iface.neighbours
+    .filter((n) => n.permanent && !n.proxy)
+    .forEach((neigh, i) => steps.push({ id: `${p}/neigh-del/${i}`, do: [{ op: 'neigh-del', neigh }], undo: [{ op: 'neigh-add', neigh }] }));
+  addressAddOrder(iface.addresses)
+    .reverse()
+    .forEach((addr, i) =>
+      steps.push({
+        id: `${p}/addr-del/${i}`,
+        do: [{ op: 'addr-del', dev, addr }],
+        undo: [{ op: 'addr-add', dev, addr }, ...strayPrefixRoutes(addr, iface.routes, dev).map((route) => ({ op: 'route-del' as const, route }))],
+      }),
+    );
+  return steps;
+}
 
-  // 0. The TAP first: it depends on nothing, and opening it in podtap (which
-  // keeps the queue fds for the VMM) here lets every later link change go
-  // to the kernel in one `ip -batch`.
-  steps.push({
-    id: 'tap-open',
-    do: [{ tap: { name: opts.tap, queues: opts.queues, persist: opts.persistTap, ...(opts.tapOwner ? { owner: opts.tapOwner } : {}) } }],
-    undo: [ip(`link del dev ${opts.tap}`)],
+function guardOf(a: Attachment, iface: PodInterface, antispoof: boolean): NicGuard {
+  const v6 = a.ipv6;
+  const reserved = v6 ? [...new Set([v6.router, ...(v6.gateway && /^fe[89ab]/i.test(v6.gateway) ? [v6.gateway] : [])])] : [];
+  return {
+    nic: a.nic,
+    podIf: a.interface,
+    tap: a.tap,
+    ...(a.bridge ? { bridge: a.bridge } : {}),
+    vmMac: a.mac,
+    antispoof,
+    // Every address of the interface, not only the one DHCP hands out: the
+    // guest may configure the others itself.
+    ipv4: iface.addresses.filter((x) => x.family === 'inet').map((x) => x.local),
+    ipv6: iface.addresses.filter((x) => x.family === 'inet6' && x.scope === 'global').map((x) => x.local),
+    reservedLinkLocal: reserved,
+    // podtap answers for a router address of its own; a link-local gateway
+    // answers for itself.
+    ...(v6 && v6.router !== v6.gateway ? { ndProxy: v6.router } : {}),
+  };
+}
+
+export function plan(pod: Pod, links: Link[], opts: PlanOptions, gen: (nic: number) => Generated): Plan {
+  if (!pod.interfaces.length) throw new PodtapError('discovery', 'no pod interface to take over', 'name one with --interface');
+  const primary = primaryNic(pod.interfaces);
+  const taken = new Set<string>();
+  const attachments = pod.interfaces.map((iface, nic): Attachment => {
+    const names = nicNames(nic, opts);
+    const datapath = chooseDatapath(iface.link, opts.datapath, opts.support);
+    checkInterface(iface, links, names, datapath);
+    for (const n of datapath === 'bridge' ? [names.bridge, names.tap] : [names.tap]) {
+      if (taken.has(n) || pod.interfaces.some((i) => i.link.name === n))
+        throw new PodtapError('usage', `the device name ${n} for NIC ${nic} (${iface.link.name}) is already used by another NIC or pod interface`, 'choose --bridge/--tap names that leave room for one per NIC (see `podtap --help`)');
+      taken.add(n);
+    }
+    const g = gen(nic);
+    const isPrimary = primary === nic;
+    const v4 = ipv4Of(iface, isPrimary);
+    const v6 = ipv6Of(iface, isPrimary);
+    return {
+      nic,
+      interface: iface.link.name,
+      kind: iface.link.kind,
+      mac: iface.link.mac.toLowerCase(),
+      mtu: iface.link.mtu,
+      datapath,
+      tap: names.tap,
+      ...(datapath === 'bridge' ? { bridge: names.bridge, bridgeMac: g.bridgeMac, portMac: g.portMac } : {}),
+      serverMac: g.serverMac,
+      primary: isPrimary,
+      ...(v4 ? { ipv4: v4 } : {}),
+      ...(v6 ? { ipv6: v6 } : {}),
+    };
   });
+  const serverId = chooseServerId(pod.interfaces, opts);
 
-  // 1. Take the pod's layer-3 identity off the veth, recording how to put it back.
-  const routes = routeAddOrder(movableRoutes(pod.routes)).reverse();
-  routes.forEach((r, i) => steps.push({ id: `route-del/${i}`, do: [ip(`route del ${routeSpec(r)}`)], undo: [ip(`route replace ${routeSpec(r)}`)] }));
-  pod.neighbours.filter((n) => !n.proxy).forEach((n, i) =>
-    steps.push({ id: `neigh-del/${i}`, do: [ip(`neigh del ${neighSpec(n)}`)], undo: [ip(neighRestore(n))] }),
-  );
-  const addrs = addressAddOrder(pod.addresses).reverse();
-  addrs.forEach((a, i) =>
+  const steps: Step[] = [];
+  // The TAPs first: they depend on nothing, and opening them in podtap
+  // (which keeps the queue fds for the VMM) here lets every later link
+  // change go to the kernel in one `ip -batch`.
+  for (const a of attachments) {
     steps.push({
-      id: `addr-del/${i}`,
-      do: [ip(addrDel(a, dev))],
-      undo: [ip(addrRestore(a, dev)), ...strayPrefixRoutes(a, pod.routes, dev).map(ip)],
-    }),
-  );
-  // 2. The VM takes the veth's MAC; the veth gets a generated one.
-  steps.push({ id: 'veth-mac', do: [ip(`link set dev ${dev} address ${gen.vethMac}`)], undo: [ip(`link set dev ${dev} address ${pod.link.mac}`)] });
-
-  // 3. The bridge: forwarding at once (no STP, no forward delay), multicast
-  // flooded so the guest's IPv6 neighbour discovery works without snooping,
-  // and no IPv6 address of its own, so it never speaks IPv6 (RS, MLD, DAD).
-  steps.push({
-    id: 'bridge-add',
-    do: [ip(`link add name ${opts.bridge} address ${gen.bridgeMac} mtu ${mtu} type bridge stp_state 0 forward_delay 0 mcast_snooping 0`), ip(`link set dev ${opts.bridge} addrgenmode none`)],
-    undo: [ip(`link del dev ${opts.bridge}`)],
-  });
-  steps.push({
-    id: 'veth-enslave',
-    // Learning off on the veth port: frames reflected from the node side with
-    // the VM's source MAC must never move the VM's FDB entry away from the tap
-    // (the Flannel/Weave failure). Unknown destinations still flood to the tap.
-    do: [ip(`link set dev ${dev} master ${opts.bridge}`), ip(`link set dev ${dev} type bridge_slave learning off`)],
-    undo: [ip(`link set dev ${dev} nomaster`)],
-  });
-  if (!pod.link.up) steps.push({ id: 'veth-up', do: [ip(`link set dev ${dev} up`)], undo: [ip(`link set dev ${dev} down`)] });
-
-  steps.push({ id: 'tap-enslave', do: [ip(`link set dev ${opts.tap} addrgenmode none mtu ${mtu} master ${opts.bridge} up`)], undo: [] });
-
-  // 5. The bridge's own address: the DHCP server identifier, plus the host
-  // route and static neighbour that let replies reach the VM by unicast.
-  steps.push({
-    id: 'bridge-up',
-    do: [
-      ip(`link set dev ${opts.bridge} up`),
-      ip(`addr add ${ll} dev ${opts.bridge}`),
-      ip(`route add ${v4.local}/32 dev ${opts.bridge} src ${llAddr}`),
-      ip(`neigh replace ${v4.local} lladdr ${pod.link.mac} dev ${opts.bridge} nud permanent`),
-    ],
-    undo: [],
-  });
-
-  // 6. A bridge port must not speak IPv6 of its own (RS, MLD, DAD) with the
-  // pod's identity gone; disabling also drops the kernel's link-local
-  // address. It comes after the one `ip -batch` of link changes, so its undo
-  // puts the original MAC back first: the kernel derives the link-local
-  // address from the MAC when IPv6 comes back on.
-  const v6key = `net/ipv6/conf/${dev}/disable_ipv6`;
-  if (pod.sysctls[v6key] === '0') {
-    steps.push({
-      id: 'veth-ipv6-off',
-      do: [{ sysctl: v6key, value: '1' }],
-      undo: [ip(`link set dev ${dev} address ${pod.link.mac}`), { sysctl: v6key, value: '0' }],
+      id: `nic${a.nic}/tap-open`,
+      do: [{ op: 'tap-open', tap: { name: a.tap, queues: opts.queues, persist: opts.persistTap, ...(opts.tapOwner ? { owner: opts.tapOwner } : {}) } }],
+      undo: [{ op: 'link-del', name: a.tap }],
     });
   }
-
-  // 7. The guard.
-  const v4s = pod.addresses.filter((a) => a.family === 'inet').map((a) => a.local);
-  const v6s = pod.addresses.filter((a) => a.family === 'inet6' && a.scope === 'global').map((a) => a.local);
-  steps.push({
-    id: 'guard',
-    do: [
-      {
-        nft: guardRuleset({
-          veth: dev,
-          tap: opts.tap,
-          bridgeMac: gen.bridgeMac,
-          serverIp: llAddr,
-          ...(opts.antispoof ? { antispoof: { vmMac: pod.link.mac, ipv4: v4s, ipv6: v6s } } : {}),
-        }),
-      },
-    ],
-    undo: [{ nft: guardRemoval() }],
-    background: true,
+  pod.interfaces.forEach((iface, nic) => steps.push(...stripSteps(iface, `nic${nic}`)));
+  attachments.forEach((a, nic) => {
+    const up = pod.interfaces[nic]!.link.up;
+    steps.push(...(a.datapath === 'bridge' ? bridgeSteps(a, up) : redirectSteps(a, up)));
   });
-  return { vm, linkLocal: ll, steps };
+  // The guard tables last: by then every device they name exists.
+  for (const family of ['bridge', 'netdev'] as const) {
+    const path: Datapath = family === 'bridge' ? 'bridge' : 'redirect';
+    const nics = attachments.filter((a) => a.datapath === path).map((a) => guardOf(a, pod.interfaces[a.nic]!, opts.antispoof));
+    if (!nics.length) continue;
+    const table: NftTable = { family, name: TABLE, nics };
+    steps.push({ id: `guard/${family}`, do: [{ op: 'nft-load', table }], undo: [{ op: 'nft-delete', family, name: TABLE }], background: true });
+  }
+  return { attachments, serverId, steps };
 }

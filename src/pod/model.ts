@@ -1,18 +1,24 @@
 // The pod's network as discovery finds it. Everything here is plain data so
-// that planning, the DHCP identity and the journal can be computed and tested
-// without root. Field names follow `ip -j` where one exists.
+// that planning, the identities handed to the VM and the journal can be
+// computed and tested without root. Field names follow `ip -j` where one
+// exists.
 
 export type Family = 'inet' | 'inet6';
 
 export interface Link {
   name: string;
   ifindex: number;
-  kind: string; // "veth", "bridge", "tun", ...
+  kind: string; // "veth", "macvlan", "bridge", "tun", "loopback", "device" (no linkinfo: a physical NIC) ...
   mac: string;
   mtu: number;
   up: boolean; // administratively up (IFF_UP)
   master?: string;
   txqlen?: number;
+  /** IFLA_INET6_ADDR_GEN_MODE: how the kernel makes the IPv6 link-local address ("eui64", "none", ...). */
+  addrGenMode?: string;
+  /** The lower device of a macvlan/vlan, as `ip` names it (may live in another namespace). */
+  parent?: string;
+  macvlanMode?: string;
   tun?: { attachedQueues: number; persist: boolean; multiQueue: boolean }; // tun/tap devices only
 }
 
@@ -53,6 +59,7 @@ export interface Route {
   nexthops?: NextHop[]; // multipath
   tos?: string;
   expires?: number;
+  mtu?: number; // the route's `mtu` metric, when set
 }
 
 export interface Neighbour {
@@ -62,6 +69,8 @@ export interface Neighbour {
   dev: string;
   router: boolean;
   proxy: boolean;
+  /** Permanent entries are restored; others are only read (the gateway's MAC). */
+  permanent: boolean;
 }
 
 export interface Dns {
@@ -70,12 +79,18 @@ export interface Dns {
   options: string[];
 }
 
-export interface PodNetwork {
+/** One pod interface with everything the kernel holds for it. */
+export interface PodInterface {
   link: Link;
   addresses: Address[];
   routes: Route[]; // every route through the link, every table, both families
-  neighbours: Neighbour[]; // permanent entries only
-  sysctls: Record<string, string>;
+  neighbours: Neighbour[]; // permanent entries, and others with a link-layer address
+  sysctls: Record<string, string>; // read only, for the record and diagnostics
+}
+
+/** The pod as podtap takes it over: the chosen interfaces in the VM's NIC order. */
+export interface Pod {
+  interfaces: PodInterface[];
   dns: Dns;
   hostname: string;
 }

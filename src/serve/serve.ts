@@ -1,14 +1,17 @@
-// Serving: what runs while the VM lives. The DHCP server, and the hand-over
-// of the TAP fds to the VMM: inherited by a VMM podtap spawns, or pushed into
-// a running one, or served on a socket to another container.
+// Serving: what runs while the VM lives. Per NIC, the servers that hand the
+// guest its identity, on that NIC's TAP; and the hand-over of every NIC's
+// TAP fds to the VMM: inherited by a VMM podtap spawns, pushed into a
+// running one, or served on a socket to another container.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import { PodtapError } from '../errors.ts';
-import type { Logger } from '../log.ts';
+import { RateLimit, type Logger } from '../log.ts';
 import type { Options } from '../options.ts';
 import type { Session } from '../lifecycle.ts';
-import { PlaceholderError, substituteArgv } from '../handoff/placeholders.ts';
+import type { Attachment } from '../plan/attachment.ts';
+import { PlaceholderError, substituteArgv, usedPlaceholders, vmmFdNumbers, type PlaceholderInput } from '../handoff/placeholders.ts';
+import type { FramePort } from './packet.ts';
 
 export interface Serving {
   readyFields: Record<string, unknown>;
@@ -16,27 +19,47 @@ export interface Serving {
   close(): Promise<void>;
 }
 
-function substitute(argv: string[], input: Parameters<typeof substituteArgv>[1]): string[] {
+function placeholderError(e: unknown): never {
+  if (e instanceof PlaceholderError) throw new PodtapError('usage', e.message, 'fix the placeholder in the VMM arguments (see `podtap --help`)');
+  throw e;
+}
+
+/** What each NIC's placeholders stand for, its fds numbered as the VMM sees them. */
+export function placeholderInputFor(attachments: readonly Attachment[], fdNumbers: readonly (readonly number[])[]): PlaceholderInput {
+  return {
+    nics: attachments.map((a, i) => ({
+      fds: fdNumbers[i] ?? [],
+      mac: a.mac,
+      mtu: a.mtu,
+      tap: a.tap,
+      interface: a.interface,
+      ...(a.bridge ? { bridge: a.bridge } : {}),
+    })),
+  };
+}
+
+/** Unknown placeholder words are refused as soon as the command line is read. */
+export function checkVmmWords(argv: string[]): void {
   try {
-    return substituteArgv(argv, input);
+    usedPlaceholders(argv);
   } catch (e) {
-    if (e instanceof PlaceholderError) throw new PodtapError('usage', e.message, 'fix the placeholder in the VMM arguments (see `podtap --help`)');
-    throw e;
+    placeholderError(e);
   }
 }
 
-/** The VMM sees the queue fds at 3, 4, ... in queue order. */
-export function renderVmmArgv(argv: string[], session: Session, opts: Pick<Options, 'tap' | 'bridge'>): string[] {
-  return substitute(argv, { fds: session.fds.map((_, i) => 3 + i), mac: session.vm.mac, mtu: session.vm.mtu, tap: opts.tap, bridge: opts.bridge });
+/** Every placeholder must have a value for the planned NICs: checked after planning, before anything changes. */
+export function checkVmmArgv(argv: string[], attachments: readonly Attachment[], queues: number): void {
+  try {
+    substituteArgv(argv, placeholderInputFor(attachments, vmmFdNumbers(attachments.map(() => Array.from({ length: queues })))));
+  } catch (e) {
+    placeholderError(e);
+  }
 }
 
-/** Refuses unknown placeholders before setup, with stand-in values of the right shape. */
-export function checkVmmArgv(argv: string[], opts: Pick<Options, 'tap' | 'bridge' | 'queues'>): void {
-  substitute(argv, { fds: Array.from({ length: opts.queues }, (_, i) => 3 + i), mac: '02:00:00:00:00:00', mtu: 1500, tap: opts.tap, bridge: opts.bridge });
+/** The device id podtap gives NIC i in the VMM (QEMU device and netdev, Cloud Hypervisor device). */
+export function nicId(nic: number): string {
+  return `podtap${nic}`;
 }
-
-/** The device id podtap gives its NIC in the VMM. */
-export const NIC_ID = 'podtap0';
 
 /** VMM-side failures become handoff errors that say what podtap was doing. */
 async function handoff<T>(doing: string, hint: string, fn: () => Promise<T>): Promise<T> {
@@ -46,6 +69,50 @@ async function handoff<T>(doing: string, hint: string, fn: () => Promise<T>): Pr
     if (e instanceof PodtapError) throw e;
     throw new PodtapError('handoff', `${doing} failed: ${(e as Error).message}`, hint, e);
   }
+}
+
+/** Lets several servers share one NIC's packet socket. */
+function share(port: FramePort): { sub(): FramePort; close(): void } {
+  const handlers: ((f: Buffer) => void)[] = [];
+  let watching = false;
+  return {
+    sub() {
+      return {
+        name: port.name,
+        send: (f) => port.send(f),
+        onFrame: (h) => {
+          handlers.push(h);
+          if (!watching) {
+            watching = true;
+            port.onFrame((f) => {
+              for (const x of handlers) x(f);
+            });
+          }
+        },
+        close: () => {},
+      };
+    },
+    close: () => port.close(),
+  };
+}
+
+/** One NIC's description for the ready line, status and the fd socket. */
+export function describeNic(a: Attachment, queues: number): Record<string, unknown> {
+  return {
+    nic: a.nic,
+    interface: a.interface,
+    kind: a.kind,
+    datapath: a.datapath,
+    mac: a.mac,
+    ...(a.ipv4 ? { ip: `${a.ipv4.address}/${a.ipv4.prefixlen}` } : {}),
+    ...(a.ipv4?.gateway ? { gateway: a.ipv4.gateway } : {}),
+    ...(a.ipv6 ? { ipv6: a.ipv6.addresses, ...(a.ipv6.gateway ? { gateway6: a.ipv6.gateway } : {}), router6: a.ipv6.router } : {}),
+    mtu: a.mtu,
+    bridge: a.bridge ?? null,
+    tap: a.tap,
+    queues,
+    defaultRoute: a.primary,
+  };
 }
 
 export async function serve(session: Session, opts: Options, log: Logger): Promise<Serving> {
@@ -60,40 +127,58 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
       }
     }
   };
+  const nics = session.attachments;
   try {
     const t0 = performance.now();
     if (opts.dhcp) {
       const { dhcpConfigFrom } = await import('./dhcp4/config.ts');
       const { startDhcpServer } = await import('./dhcp4/server.ts');
-      const { config, warnings } = dhcpConfigFrom(session.pod, { serverId: session.linkLocal.split('/')[0]!, leaseSeconds: opts.leaseTime });
-      for (const w of warnings) log('warn', w);
-      const server = await startDhcpServer(config, { log });
-      closers.push(() => server.close());
-      readyFields.dhcp = { serverId: config.serverId, leaseTime: config.leaseSeconds };
+      const { openDevicePort, SERVER_FILTER } = await import('./packet.ts');
+      const dhcp: Record<string, unknown>[] = [];
+      for (const a of nics) {
+        const iface = session.pod.interfaces[a.nic]!;
+        const { config, warnings } = dhcpConfigFrom(iface, {
+          serverId: session.serverId.split('/')[0]!,
+          leaseSeconds: opts.leaseTime,
+          primary: a.primary,
+          dns: session.pod.dns,
+          hostname: session.pod.hostname,
+        });
+        for (const w of warnings) log('warn', w, { nic: a.nic });
+        if (!config) continue; // an L2-only interface: nothing to hand out over IPv4
+        const port = share(await openDevicePort(a.tap, SERVER_FILTER));
+        closers.push(() => port.close());
+        const nicLog: Logger = (level, msg, fields) => log(level, msg, { nic: a.nic, ...fields });
+        const server = await startDhcpServer(config, { log: nicLog, port: port.sub(), serverMac: a.serverMac });
+        closers.push(() => server.close());
+        dhcp.push({ nic: a.nic, serverId: config.serverId, leaseTime: config.leaseSeconds });
+      }
+      readyFields.dhcp = dhcp;
     }
     const t1 = performance.now();
     session.timings.dhcpReady = t1 - t0;
 
-    const description = {
-      mac: session.vm.mac,
-      mtu: session.vm.mtu,
-      queues: opts.queues,
-      tap: opts.tap,
-      bridge: opts.bridge,
-      ip: session.vm.ip,
-      ...(session.vm.gateway ? { gateway: session.vm.gateway } : {}),
-    };
+    const queues = opts.persistTap ? 1 : opts.queues;
+    const descriptions = nics.map((a) => describeNic(a, queues));
     if (opts.fdSocket) {
       const { serveFds } = await import('../handoff/fd-socket.ts');
+      const limit = new RateLimit(6);
       const server = await handoff('serving the TAP fds on ' + opts.fdSocket, 'check that the socket directory is writable and no other server uses the path', () =>
         serveFds({
           path: opts.fdSocket!,
           mode: opts.fdSocketMode,
           fds: async () => {
-            if (!session.fds.length) session.fds = await session.reattach();
+            for (const a of nics) if (!session.fds[a.nic]?.length) session.fds[a.nic] = await session.reattach(a.nic);
             return session.fds;
           },
-          description, onError: (e) => log('warn', `fd socket client: ${e.message}`) }),
+          nics: descriptions,
+          // A client that connects and hangs up at once costs a line at most
+          // a few times a minute, however often it does it.
+          onError: (e) => {
+            const s = limit.take((e as NodeJS.ErrnoException).code ?? e.message, Date.now());
+            if (s >= 0) log('warn', `fd socket client: ${e.message}`, s > 0 ? { suppressed: s } : undefined);
+          },
+        }),
       );
       closers.push(() => server.close());
       readyFields.fdSocket = opts.fdSocket;
@@ -103,42 +188,54 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
       const hint = 'check that QEMU runs with -qmp unix:PATH,server=on,wait=off in this container and that PATH is right';
       const qmp = await handoff(`connecting to QEMU's QMP socket ${opts.qmp}`, hint, () => QmpClient.connect(opts.qmp!, { timeoutMs: 10_000 }));
       closers.push(() => qmp.close());
-      // An adopted setup's NIC is already in QEMU.
-      if (!session.adopted) await handoff('hot-plugging the NIC into QEMU', 'see QEMU\'s error above; on q35 give a hot-pluggable bus with --qmp-bus', () =>
-        qmp.hotplugNic({ fds: session.fds, mac: session.vm.mac, id: NIC_ID, mtu: session.vm.mtu, queues: opts.queues, ...(opts.qmpBus ? { bus: opts.qmpBus } : {}) }),
-      );
-      // On teardown the guest lets go of the NIC before the network goes away.
-      closers.push(async () => {
-        try {
-          await qmp.unplugNic(NIC_ID, { timeoutMs: 15_000 });
-          log('info', 'NIC unplugged from QEMU');
-        } catch (e) {
-          log('warn', `unplugging the NIC from QEMU failed (is QEMU gone?): ${(e as Error).message}`);
-        }
-      });
-      readyFields.qmp = { device: NIC_ID };
+      for (const a of nics) {
+        const id = nicId(a.nic);
+        const bus = opts.qmpBus?.[a.nic];
+        // An adopted setup's NICs are already in QEMU.
+        if (!session.adopted)
+          await handoff(`hot-plugging NIC ${a.nic} (${a.interface}) into QEMU`, "see QEMU's error above; on q35 give each NIC a hot-pluggable bus with --qmp-bus", () =>
+            qmp.hotplugNic({ fds: session.fds[a.nic]!, mac: a.mac, id, mtu: a.mtu, queues: session.fds[a.nic]!.length, ...(bus ? { bus } : {}) }),
+          );
+        // On teardown the guest lets go of each NIC before the network goes away.
+        closers.push(async () => {
+          try {
+            await qmp.unplugNic(id, { timeoutMs: 15_000 });
+            log('info', 'NIC unplugged from QEMU', { nic: a.nic, device: id });
+          } catch (e) {
+            log('warn', `unplugging NIC ${id} from QEMU failed (is QEMU gone?): ${(e as Error).message}`);
+          }
+        });
+      }
+      readyFields.qmp = { devices: nics.map((a) => nicId(a.nic)) };
     }
     if (opts.chApi) {
       const ch = await import('../handoff/cloud-hypervisor.ts');
-      const info = session.adopted ? undefined : await handoff('adding the NIC to Cloud Hypervisor (vm.add-net)', 'check that cloud-hypervisor runs with --api-socket PATH and the VM is booted', () =>
-        ch.addNet({ apiSocket: opts.chApi!, fds: session.fds, mac: session.vm.mac, id: NIC_ID, mtu: session.vm.mtu }),
-      );
-      closers.push(async () => {
-        try {
-          await ch.removeDevice({ apiSocket: opts.chApi!, id: NIC_ID });
-          log('info', 'NIC removed from Cloud Hypervisor');
-        } catch (e) {
-          log('warn', `vm.remove-device failed (is Cloud Hypervisor gone?): ${(e as Error).message}`);
-        }
-      });
-      readyFields.chApi = { device: NIC_ID, ...(info ? { bdf: info.bdf } : {}) };
+      const devices: Record<string, unknown>[] = [];
+      for (const a of nics) {
+        const id = nicId(a.nic);
+        const info = session.adopted
+          ? undefined
+          : await handoff(`adding NIC ${a.nic} (${a.interface}) to Cloud Hypervisor (vm.add-net)`, 'check that cloud-hypervisor runs with --api-socket PATH and the VM is booted', () =>
+              ch.addNet({ apiSocket: opts.chApi!, fds: session.fds[a.nic]!, mac: a.mac, id, mtu: a.mtu }),
+            );
+        closers.push(async () => {
+          try {
+            await ch.removeDevice({ apiSocket: opts.chApi!, id });
+            log('info', 'NIC removed from Cloud Hypervisor', { nic: a.nic, device: id });
+          } catch (e) {
+            log('warn', `vm.remove-device ${id} failed (is Cloud Hypervisor gone?): ${(e as Error).message}`);
+          }
+        });
+        devices.push({ device: id, ...(info ? { bdf: info.bdf } : {}) });
+      }
+      readyFields.chApi = devices;
     }
 
     if (opts.persistTap) {
-      // Firecracker opens the tap by name; podtap must not hold a queue.
+      // Firecracker opens the taps by name; podtap must not hold a queue.
       const { closeAllQuietly } = await import('../sys/native.ts');
-      closeAllQuietly(session.fds);
-      session.fds = [];
+      closeAllQuietly(session.fds.flat());
+      session.fds = session.fds.map(() => []);
       readyFields.persistent = true;
     }
     const t2 = performance.now();
@@ -147,11 +244,16 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
     return {
       readyFields,
       spawnVmm(argv) {
-        const rendered = renderVmmArgv(argv, session, opts);
+        let rendered: string[];
+        try {
+          rendered = substituteArgv(argv, placeholderInputFor(nics, vmmFdNumbers(session.fds)));
+        } catch (e) {
+          placeholderError(e);
+        }
         log('info', 'starting the VMM', { argv: rendered.join(' ') });
         // stdio entries 3.. are dup2'd by libuv into the child, clearing
-        // close-on-exec there only: no other child inherits the TAP.
-        return spawn(rendered[0]!, rendered.slice(1), { stdio: ['inherit', 'inherit', 'inherit', ...session.fds] });
+        // close-on-exec there only: no other child inherits the TAPs.
+        return spawn(rendered[0]!, rendered.slice(1), { stdio: ['inherit', 'inherit', 'inherit', ...session.fds.flat()] });
       },
       close,
     };

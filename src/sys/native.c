@@ -1,6 +1,7 @@
 // The Linux syscalls Node has no binding for, as a minimal Node-API addon:
 // TAP ioctls, fcntl/dup on raw fds, Unix socket connect, sendmsg/recvmsg
-// with SCM_RIGHTS, poll and setns. Each function is a thin wrapper that
+// with SCM_RIGHTS, poll, setns, flock, and AF_PACKET sockets watched by
+// the event loop (podtap's servers speak raw frames on each TAP). Each function is a thin wrapper that
 // returns the syscall's result, or -errno; all policy (error messages,
 // retries on EAGAIN, layouts of ifreq) lives in native.ts.
 //
@@ -10,14 +11,20 @@
 #define _GNU_SOURCE
 #include <node_api.h>
 
+#include <uv.h>
+
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/if_packet.h>
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -245,6 +252,142 @@ FN(IfNameToIndex) {
   return num(env, if_nametoindex(name));
 }
 
+FN(Flock) {
+  ARGS(2);
+  return num(env, RETRY(flock((int)i64(env, argv[0]), (int)i64(env, argv[1]))));
+}
+
+/*
+ * packetOpen(ifindex, protocol, filter) -> fd or -errno: a non-blocking
+ * AF_PACKET socket on one device that sees the device's received frames
+ * (not the ones it transmits) which pass the classic BPF filter (a Buffer
+ * of struct sock_filter). Opened with protocol 0, so it receives nothing
+ * until the filter is attached and it is bound: no frame from another
+ * device ever slips in.
+ */
+FN(PacketOpen) {
+  ARGS(3);
+  int ifindex = (int)i64(env, argv[0]);
+  int protocol = (int)i64(env, argv[1]);
+  void *code;
+  size_t len;
+  if (!bytes(env, argv[2], &code, &len) || len % sizeof(struct sock_filter) != 0 || len == 0) return num(env, -EINVAL);
+  int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return num(env, -errno);
+  struct sock_fprog prog = {.len = (unsigned short)(len / sizeof(struct sock_filter)), .filter = code};
+  int one = 1;
+  struct sockaddr_ll addr;
+  memset(&addr, 0, sizeof addr);
+  addr.sll_family = AF_PACKET;
+  addr.sll_protocol = htons((uint16_t)protocol);
+  addr.sll_ifindex = ifindex;
+  if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0 ||
+      /* Our own replies on the device are not requests. Old kernels lack
+         the option; the watcher skips outgoing frames either way. */
+      (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one) < 0 && errno != ENOPROTOOPT) ||
+      bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+    int e = errno;
+    close(fd);
+    return num(env, -e);
+  }
+  return num(env, fd);
+}
+
+/* packetSend(fd, frame) -> bytes sent or -errno (never blocks). */
+FN(PacketSend) {
+  ARGS(2);
+  void *data;
+  size_t len;
+  if (!bytes(env, argv[1], &data, &len)) return num(env, -EINVAL);
+  return num(env, RETRY(send((int)i64(env, argv[0]), data, len, MSG_DONTWAIT)));
+}
+
+/* A packet socket watched by libuv: each received frame goes to a JS callback. */
+typedef struct {
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref callback;
+  napi_async_context ctx;
+  int fd;
+  int stopped;
+} watch_t;
+
+#define FRAMES_PER_WAKEUP 64
+
+static void on_readable(uv_poll_t *h, int status, int events) {
+  (void)events;
+  watch_t *w = h->data;
+  if (w->stopped || status < 0) return;
+  napi_env env = w->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value cb, recv;
+  napi_get_reference_value(env, w->callback, &cb);
+  napi_get_global(env, &recv); /* make_callback needs an object as `this` */
+  static unsigned char buf[65536];
+  for (int i = 0; i < FRAMES_PER_WAKEUP && !w->stopped; i++) {
+    struct sockaddr_ll from;
+    socklen_t fromlen = sizeof from;
+    ssize_t n = recvfrom(w->fd, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&from, &fromlen);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break; /* EAGAIN: drained; anything else: the next wakeup reports it */
+    }
+    if (from.sll_pkttype == PACKET_OUTGOING) continue;
+    napi_value frame, result;
+    napi_create_buffer_copy(env, (size_t)n, buf, NULL, &frame);
+    /* make_callback, not call_function: promises the handler starts run
+       their microtasks as after any other event. */
+    if (napi_make_callback(env, w->ctx, recv, cb, 1, &frame, &result) == napi_pending_exception) {
+      napi_value exc;
+      napi_get_and_clear_last_exception(env, &exc);
+      napi_fatal_exception(env, exc);
+      break;
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void on_closed(uv_handle_t *h) { free(h->data); }
+
+/* packetWatch(fd, callback) -> handle, or -errno */
+FN(PacketWatch) {
+  ARGS(2);
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return num(env, -ENOSYS);
+  watch_t *w = calloc(1, sizeof *w);
+  if (!w) return num(env, -ENOMEM);
+  w->env = env;
+  w->fd = (int)i64(env, argv[0]);
+  int r = uv_poll_init_socket(loop, &w->poll, w->fd);
+  if (r < 0) {
+    free(w);
+    return num(env, r);
+  }
+  w->poll.data = w;
+  napi_value name;
+  napi_create_string_utf8(env, "podtap:packet", NAPI_AUTO_LENGTH, &name);
+  napi_async_init(env, NULL, name, &w->ctx);
+  napi_create_reference(env, argv[1], 1, &w->callback);
+  uv_poll_start(&w->poll, UV_READABLE, on_readable);
+  napi_value handle;
+  napi_create_external(env, w, NULL, NULL, &handle);
+  return handle;
+}
+
+/* packetUnwatch(handle): stops watching at once; the caller may then close the fd. */
+FN(PacketUnwatch) {
+  ARGS(1);
+  watch_t *w;
+  if (napi_get_value_external(env, argv[0], (void **)&w) != napi_ok || !w || w->stopped) return num(env, -EINVAL);
+  w->stopped = 1;
+  uv_poll_stop(&w->poll);
+  napi_delete_reference(env, w->callback);
+  napi_async_destroy(env, w->ctx);
+  uv_close((uv_handle_t *)&w->poll, on_closed);
+  return num(env, 0);
+}
+
 NAPI_MODULE_INIT() {
   const struct {
     const char *name;
@@ -253,7 +396,8 @@ NAPI_MODULE_INIT() {
       {"open", Open},         {"close", Close},         {"ioctlBuf", IoctlBuf}, {"ioctlInt", IoctlInt},
       {"fcntl", Fcntl},       {"dup2", Dup2},           {"socketPair", SocketPair}, {"connectUnix", ConnectUnix},
       {"sendFds", SendFds},   {"recvFds", RecvFds},     {"poll1", Poll1},       {"setns", Setns},
-      {"ifNameToIndex", IfNameToIndex},
+      {"ifNameToIndex", IfNameToIndex}, {"flock", Flock},
+      {"packetOpen", PacketOpen}, {"packetSend", PacketSend}, {"packetWatch", PacketWatch}, {"packetUnwatch", PacketUnwatch},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value f;

@@ -128,6 +128,11 @@ interface Addon {
   poll1(fd: number, events: number, timeoutMs: number): number;
   setns(fd: number, nsType: number): number;
   ifNameToIndex(name: string): number;
+  flock(fd: number, op: number): number;
+  packetOpen(ifindex: number, protocol: number, filter: Buffer): number;
+  packetSend(fd: number, frame: Buffer): number;
+  packetWatch(fd: number, onFrame: (frame: Buffer) => void): object | number;
+  packetUnwatch(handle: object): number;
 }
 
 let addonCache: Addon | undefined;
@@ -536,4 +541,89 @@ export function recvFds(socketFd: number, maxBytes: number, maxFds: number, opts
 export function recvFdsNow(socketFd: number, maxBytes: number, maxFds: number, opts: { cloexec?: boolean } = {}): Received | null {
   const flags = (opts.cloexec ?? true) ? MSG_CMSG_CLOEXEC : 0;
   return recvOnce(socketFd, maxBytes, maxFds, flags | MSG_DONTWAIT);
+}
+
+// ------------------------------------------------------------------- flock
+
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+const LOCK_UN = 8;
+
+/** Takes an exclusive lock on fd without waiting; false when another process holds it. */
+export function tryLockExclusive(fd: number): boolean {
+  const c = libc();
+  const [r, errno] = call(() => c.flock(fd, LOCK_EX | LOCK_NB));
+  if (r === 0) return true;
+  if (errno === E.EWOULDBLOCK) return false;
+  fail('flock', errno, `lock fd ${fd}`);
+}
+
+export function unlock(fd: number): void {
+  const c = libc();
+  call(() => c.flock(fd, LOCK_UN));
+}
+
+// ----------------------------------------------------------- packet sockets
+
+export const ETH_P_ALL = 0x0003;
+
+/** One classic BPF instruction: code, jump if true, jump if false, k. */
+export type BpfInsn = [number, number, number, number];
+
+function encodeFilter(prog: readonly BpfInsn[]): Buffer {
+  const b = Buffer.alloc(prog.length * 8);
+  prog.forEach(([code, jt, jf, k], i) => {
+    b.writeUInt16LE(code, i * 8);
+    b.writeUInt8(jt, i * 8 + 2);
+    b.writeUInt8(jf, i * 8 + 3);
+    b.writeUInt32LE(k >>> 0, i * 8 + 4);
+  });
+  return b;
+}
+
+/**
+ * A packet socket on one device: receives the frames the device receives
+ * that pass `filter`, sends whole Ethernet frames out of it. Frames sent on
+ * a TAP go to the VMM's queues; frames the VMM writes arrive here before
+ * any bridge or nftables hook has seen them.
+ */
+export interface PacketSocket {
+  readonly fd: number;
+  readonly ifname: string;
+  send(frame: Buffer): void;
+  /** Starts delivering received frames to onFrame (once). */
+  watch(onFrame: (frame: Buffer) => void): void;
+  close(): void;
+}
+
+export function openPacketSocket(ifname: string, filter: readonly BpfInsn[]): PacketSocket {
+  const c = libc();
+  const ifindex = ifNameToIndex(ifname);
+  // Index 0 would bind to every device: never.
+  if (ifindex <= 0) fail('if_nametoindex', E.ENODEV, `open a packet socket on ${ifname}`);
+  const [fd, errno] = call(() => c.packetOpen(ifindex, ETH_P_ALL, encodeFilter(filter)));
+  if (fd < 0) fail('socket(AF_PACKET)', errno, `open a packet socket on ${ifname}`);
+  let handle: object | undefined;
+  let closed = false;
+  return {
+    fd,
+    ifname,
+    send(frame) {
+      if (closed) throw new SyscallError('send', E.EBADF, `send on ${ifname}: the packet socket is closed`);
+      const [n, err] = call(() => c.packetSend(fd, frame));
+      if (n < 0) fail('send', err, `send a ${frame.length}-byte frame on ${ifname}`);
+    },
+    watch(onFrame) {
+      if (handle || closed) return;
+      const h = c.packetWatch(fd, onFrame);
+      if (typeof h === 'number') fail('uv_poll', -h, `watch the packet socket on ${ifname}`);
+      handle = h;
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      if (handle) c.packetUnwatch(handle);
+      call(() => c.close(fd));
+    },
+  };
 }

@@ -1,8 +1,11 @@
-// What the VM is told, derived from what discovery found on the pod's veth.
-// Pure: the same PodNetwork always gives the same config and warnings, so the
-// identity the guest gets can be reviewed and tested without a namespace.
+// What one NIC's guest is told by DHCPv4, derived from what discovery found
+// on its pod interface. Pure: the same interface always gives the same
+// config and warnings, so the identity the guest gets can be reviewed and
+// tested without a namespace. Only the primary NIC (the one that carried the
+// pod's default route) gets a default route, DNS and the hostname.
 
-import type { PodNetwork, Route } from '../../pod/model.ts';
+import type { Dns, PodInterface, Route } from '../../pod/model.ts';
+import { handedPrefixlen, primaryIpv4 } from '../../plan/attachment.ts';
 import { checkDomainName } from './options.ts';
 import { contains, formatCidr, formatIpv4, maskOf, networkOf, parseCidr, parseIpv4 } from '../../net/ipv4.ts';
 import type { Cidr } from '../../net/ipv4.ts';
@@ -58,17 +61,24 @@ function reachableOnLink(gw: number, ip: number, prefixlen: number, routes: read
   return onLink;
 }
 
-export function dhcpConfigFrom(
-  pod: PodNetwork,
-  opts: { serverId: string; leaseSeconds: number },
-): { config: DhcpConfig; warnings: string[] } {
+export interface NicContext {
+  serverId: string;
+  leaseSeconds: number;
+  /** Carries the pod's default route, DNS and hostname. */
+  primary: boolean;
+  dns: Dns;
+  hostname: string;
+}
+
+/** The config for one NIC, or no config when its interface has no IPv4 address (nothing to serve). */
+export function dhcpConfigFrom(iface: PodInterface, opts: NicContext): { config?: DhcpConfig; warnings: string[] } {
   const warnings: string[] = [];
-  const dev = pod.link.name;
+  const dev = iface.link.name;
 
   // DHCP hands out one address: the first primary global one.
-  const v4 = pod.addresses.filter((a) => a.family === 'inet' && a.scope === 'global');
-  const primary = v4.find((a) => !a.flags.includes('secondary'));
-  if (!primary) throw new Error(`${dev} has no primary global IPv4 address to give the VM`);
+  const v4 = iface.addresses.filter((a) => a.family === 'inet' && a.scope === 'global');
+  const primary = primaryIpv4(iface.addresses);
+  if (!primary) return { warnings };
   for (const a of v4) {
     if (a !== primary) {
       warnings.push(`address ${a.local}/${a.prefixlen} on ${dev} cannot be given by DHCP; the VM gets only ${primary.local}/${primary.prefixlen}`);
@@ -77,18 +87,11 @@ export function dhcpConfigFrom(
   const ip = parseIpv4(primary.local);
   if (ip === undefined) throw new Error(`bad IPv4 address ${primary.local} on ${dev}`);
   const subnet = networkOf(ip, primary.prefixlen);
-  // CNI ptp deletes the kernel's connected route for the pod's subnet and
-  // reaches it through the gateway instead. A guest given the pod's mask
-  // would recreate that connected route and ARP for its neighbours, which the
-  // node side does not answer. Without a connected route in the pod, the
-  // guest gets a /32 and the pod's routes, so it routes exactly as the pod.
-  const connected = pod.routes.some((r) => {
-    const d = r.family === 'inet' && r.table === 'main' && r.dev === dev && !r.gateway && r.type === 'unicast' ? parseCidr(r.dst) : undefined;
-    return d !== undefined && d.prefixlen === primary.prefixlen && d.addr === subnet;
-  });
-  const prefixlen = connected ? primary.prefixlen : 32;
+  const prefixlen = handedPrefixlen(iface, primary);
+  const pod = { routes: iface.routes, dns: opts.primary ? opts.dns : { nameservers: [], search: [], options: [] }, hostname: opts.primary ? opts.hostname : '' };
 
-  // Routes: main table, IPv4, through the veth, unicast.
+  // Routes: main table, IPv4, through the interface, unicast; the default
+  // route on the primary NIC only, so the guest has exactly one.
   const byDst = new Map<string, Candidate>();
   let defaultRoute: Candidate | undefined;
   for (const r of pod.routes) {
@@ -120,6 +123,10 @@ export function dhcpConfigFrom(
         continue;
       }
       gateway = g;
+    }
+    if (dst.prefixlen === 0 && !opts.primary) {
+      warnings.push(`default route ${describe(r)} is not given to the VM: its default route is on the NIC of the pod's own default route`);
+      continue;
     }
     const c: Candidate = { dst, gateway, metric: r.metric ?? 0, text: describe(r) };
     // Option 121 has no metrics: of several routes to one destination, the
@@ -157,10 +164,7 @@ export function dhcpConfigFrom(
   const routes = [...synthesized, ...ordered].map((r) => ({ dst: formatCidr(r.dst), gateway: formatIpv4(r.gateway) }));
 
   const dns: string[] = [];
-  for (const ns of pod.dns.nameservers) {
-    if (parseIpv4(ns) !== undefined) dns.push(ns);
-    else warnings.push(`nameserver ${ns} is not IPv4 and cannot be given by DHCPv4`);
-  }
+  for (const ns of pod.dns.nameservers) if (parseIpv4(ns) !== undefined) dns.push(ns);
 
   const search: string[] = [];
   for (const s of pod.dns.search) {
@@ -189,13 +193,13 @@ export function dhcpConfigFrom(
     routes,
     dns,
     search,
-    mtu: pod.link.mtu,
+    mtu: iface.link.mtu,
     serverId: opts.serverId,
     leaseSeconds: opts.leaseSeconds,
   };
   // The VM's MAC is the pod veth's: that is what makes the guest the pod on
   // the wire (peers' ARP caches and the CNI's antispoofing keep working).
-  config.vmMac = pod.link.mac.toLowerCase();
+  config.vmMac = iface.link.mac.toLowerCase();
   // An on-link default route ("default dev eth0") has no router to name.
   if (defaultRoute && defaultRoute.gateway !== 0) config.router = formatIpv4(defaultRoute.gateway);
   if (search[0] !== undefined) config.domain = search[0];

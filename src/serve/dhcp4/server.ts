@@ -1,14 +1,10 @@
-// The sockets around the pure handler. Node's dgram has neither
-// SO_BINDTODEVICE nor IP_PKTINFO, so the interface is chosen by addresses:
-//
-// - 0.0.0.0:67 receives the guest's broadcasts. The kernel delivers a
-//   limited broadcast only to sockets bound to the wildcard, so this one
-//   sees every broadcast and the other sees none.
-// - serverId:67 receives unicast (RENEWING clients; UDP lookup prefers the
-//   more specific bind) and sends every reply. Bound to br0's address, its
-//   broadcasts leave through br0 (the kernel picks the device that owns the
-//   source of a limited broadcast) even in a namespace without a default
-//   route, where a wildcard socket gets ENETUNREACH.
+// The DHCPv4 server of one NIC around the pure handler: frames in from the
+// NIC's TAP (a packet socket, see serve/packet.ts), frames out to it. The
+// guest's broadcasts and its unicast renewals to the server identifier both
+// arrive here, whatever their destination MAC, because the socket sees the
+// TAP's traffic before anything else does; replies go to the guest's queues
+// only. No address, route or socket of the pod namespace is involved, so
+// each NIC's server sees exactly its own guest.
 //
 // Nothing here may throw into the event loop: the handler is wrapped, every
 // failure is counted and logged under a rate limit, and the only state that
@@ -16,18 +12,24 @@
 // once per packet (binds, NAKs, releases, declines) are rate-limited too;
 // only debug lines are not.
 
-import dgram from 'node:dgram';
 import type { DhcpConfig } from './config.ts';
-import { CLIENT_PORT, SERVER_PORT, buildPlan, handleDatagram } from './handler.ts';
+import { CLIENT_PORT, LIMITED_BROADCAST, SERVER_PORT, buildPlan, handleDatagram } from './handler.ts';
 import type { Outcome, RequestKind } from './handler.ts';
 import { Lease } from './lease.ts';
 import type { LeaseSnapshot } from './lease.ts';
+import { parseFrame, udp4Frame } from '../frames.ts';
+import type { FramePort } from '../packet.ts';
+import { RateLimit } from '../../log.ts';
+
+export { RateLimit };
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type LogFn = (level: LogLevel, msg: string, fields?: Record<string, unknown>) => void;
 
 export interface DhcpServerOptions {
   log: LogFn;
+  port: FramePort; // the NIC's TAP
+  serverMac: string; // source MAC of replies
   now?: () => number; // ms; tests move time
 }
 
@@ -39,7 +41,7 @@ export interface DhcpStats {
   naks: number;
   dropped: Record<string, number>;
   events: { release: number; decline: number; ignored: number };
-  errors: { handler: number; send: number; socket: number };
+  errors: { handler: number; send: number };
   lease: LeaseSnapshot;
 }
 
@@ -52,36 +54,6 @@ export interface DhcpServer {
 export const FOREIGN_MAC_MEMORY = 1024;
 const FOREIGN_LOGS_PER_MINUTE = 10;
 const OTHER_LOGS_PER_MINUTE = 6; // per drop reason / error kind
-/** Replies handed to the kernel and not yet confirmed sent. */
-const MAX_INFLIGHT = 64;
-
-/** A token bucket per key, keys from a small fixed set (reasons). */
-export class RateLimit {
-  private readonly perMinute: number;
-  private readonly buckets = new Map<string, { tokens: number; at: number; suppressed: number }>();
-  constructor(perMinute: number) {
-    this.perMinute = perMinute;
-  }
-  /** Returns -1 if suppressed, else how many were suppressed since the last allowed one. */
-  take(key: string, now: number): number {
-    let b = this.buckets.get(key);
-    if (!b) {
-      if (this.buckets.size >= 256) this.buckets.clear();
-      b = { tokens: this.perMinute, at: now, suppressed: 0 };
-      this.buckets.set(key, b);
-    }
-    b.tokens = Math.min(this.perMinute, b.tokens + ((now - b.at) * this.perMinute) / 60_000);
-    b.at = now;
-    if (b.tokens < 1) {
-      b.suppressed++;
-      return -1;
-    }
-    b.tokens -= 1;
-    const s = b.suppressed;
-    b.suppressed = 0;
-    return s;
-  }
-}
 
 /** Insertion-ordered set with a cap: the oldest entry goes first. */
 export class BoundedSet {
@@ -105,27 +77,6 @@ export class BoundedSet {
   }
 }
 
-function bindSocket(sock: dgram.Socket, port: number, address: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onError = (e: Error) => reject(e);
-    sock.once('error', onError);
-    sock.bind({ port, address }, () => {
-      sock.off('error', onError);
-      resolve();
-    });
-  });
-}
-
-function closeSocket(sock: dgram.Socket): Promise<void> {
-  return new Promise((resolve) => {
-    try {
-      sock.close(() => resolve());
-    } catch {
-      resolve(); // already closed
-    }
-  });
-}
-
 export async function startDhcpServer(config: DhcpConfig, opts: DhcpServerOptions): Promise<DhcpServer> {
   const log = opts.log;
   const now = opts.now ?? Date.now;
@@ -141,13 +92,13 @@ export async function startDhcpServer(config: DhcpConfig, opts: DhcpServerOption
     naks: 0,
     dropped: {},
     events: { release: 0, decline: 0, ignored: 0 },
-    errors: { handler: 0, send: 0, socket: 0 },
+    errors: { handler: 0, send: 0 },
   };
   const limit = new RateLimit(OTHER_LOGS_PER_MINUTE);
   const foreignLimit = new RateLimit(FOREIGN_LOGS_PER_MINUTE);
   const foreignSeen = new BoundedSet(FOREIGN_MAC_MEMORY);
-  let inflight = 0;
   let closed = false;
+  const port = opts.port;
 
   const limited = (key: string, level: LogLevel, msg: string, fields: Record<string, unknown>) => {
     const s = limit.take(key, now());
@@ -158,27 +109,27 @@ export async function startDhcpServer(config: DhcpConfig, opts: DhcpServerOption
     stats.dropped[reason] = (stats.dropped[reason] ?? 0) + 1;
   };
 
-  const broadcastSock = dgram.createSocket({ type: 'udp4', reuseAddr: true });
-  const serverSock = dgram.createSocket({ type: 'udp4', reuseAddr: true });
-
   const send = (out: Extract<Outcome, { kind: 'reply' }>) => {
-    if (inflight >= MAX_INFLIGHT) {
-      drop('send-backlog');
-      limited('send-backlog', 'warn', 'dhcp: reply dropped, too many replies in flight', { mac: out.mac });
+    try {
+      port.send(
+        udp4Frame({
+          srcMac: opts.serverMac,
+          dstMac: out.to === LIMITED_BROADCAST ? 'ff:ff:ff:ff:ff:ff' : config.vmMac,
+          src: config.serverId,
+          dst: out.to,
+          srcPort: SERVER_PORT,
+          dstPort: CLIENT_PORT,
+          payload: out.data,
+        }),
+      );
+    } catch (err) {
+      stats.errors.send++;
+      limited('send-error', 'error', `dhcp: sending ${out.type} to ${out.to} failed: ${(err as Error).message}`, { mac: out.mac });
       return;
     }
-    inflight++;
-    serverSock.send(out.data, CLIENT_PORT, out.to, (err) => {
-      inflight--;
-      if (err) {
-        stats.errors.send++;
-        limited('send-error', 'error', `dhcp: sending ${out.type} to ${out.to} failed: ${err.message}`, { mac: out.mac });
-        return;
-      }
-      stats.replied[out.type]++;
-      if (out.type === 'NAK') stats.naks++;
-      else if (out.type === 'ACK' && out.request !== 'discover') stats.acks[out.request]++;
-    });
+    stats.replied[out.type]++;
+    if (out.type === 'NAK') stats.naks++;
+    else if (out.type === 'ACK' && out.request !== 'discover') stats.acks[out.request]++;
   };
 
   const report = (out: Outcome) => {
@@ -231,29 +182,24 @@ export async function startDhcpServer(config: DhcpConfig, opts: DhcpServerOption
       limited('handler-error', 'error', `dhcp: handling a packet failed: ${(e as Error).message}`, { bytes: msg.length });
     }
   };
-  const onSocketError = (which: string) => (e: Error) => {
-    stats.errors.socket++;
-    limited(`socket-${which}`, 'error', `dhcp: ${which} socket error: ${e.message}`, {});
+  const onFrame = (frame: Buffer) => {
+    const f = parseFrame(frame);
+    // The packet filter lets only IPv4 UDP to port 67 through; anything
+    // else is a frame the guest mangled. The UDP checksum is not checked:
+    // a guest with checksum offload hands over a partial one.
+    if (f.kind !== 'ipv4' || !f.udp || f.udp.dstPort !== SERVER_PORT) {
+      drop(f.kind === 'invalid' ? `frame:${f.reason}` : 'not-dhcp');
+      return;
+    }
+    if (f.eth.src !== config.vmMac) {
+      report({ kind: 'drop', reason: 'foreign-mac', mac: f.eth.src });
+      return;
+    }
+    onMessage(f.udp.payload, f.dst !== LIMITED_BROADCAST);
   };
-
-  try {
-    await bindSocket(broadcastSock, SERVER_PORT, '0.0.0.0');
-    await bindSocket(serverSock, SERVER_PORT, config.serverId);
-  } catch (e) {
-    await Promise.all([closeSocket(broadcastSock), closeSocket(serverSock)]);
-    const err = e as NodeJS.ErrnoException;
-    throw new Error(
-      `dhcp: cannot bind port ${SERVER_PORT} on 0.0.0.0 and ${config.serverId}: ${err.message}` +
-        (err.code === 'EADDRNOTAVAIL' ? ` (is ${config.serverId} assigned to the bridge?)` : ''),
-      { cause: e },
-    );
-  }
-  serverSock.setBroadcast(true);
-  broadcastSock.on('message', (m) => onMessage(m, false));
-  serverSock.on('message', (m) => onMessage(m, true));
-  broadcastSock.on('error', onSocketError('broadcast'));
-  serverSock.on('error', onSocketError('server'));
+  port.onFrame(onFrame);
   log('info', 'dhcp: serving', {
+    device: port.name,
     serverId: config.serverId,
     vmMac: plan.macText,
     address: `${config.ip}/${config.prefixlen}`,
@@ -265,7 +211,7 @@ export async function startDhcpServer(config: DhcpConfig, opts: DhcpServerOption
     close() {
       closing ??= (async () => {
         closed = true;
-        await Promise.all([closeSocket(broadcastSock), closeSocket(serverSock)]);
+        port.close();
       })();
       return closing;
     },
