@@ -3,7 +3,8 @@
 // programs (inspect's report, the ready line).
 
 import { spawn } from 'node:child_process';
-import { removeStateFile, writeStateFile } from './journal/statedir.ts';
+import { openStateDir, removeStateFile, writeStateFile } from './journal/statedir.ts';
+import { Journal } from './journal/journal.ts';
 import { join } from 'node:path';
 import { constants } from 'node:os';
 import { PodtapError } from './errors.ts';
@@ -17,7 +18,9 @@ import { down, restoredMessage, setUp, StoppedBeforeSetup, tearDown, type Sessio
 import { checkVmmArgv, checkVmmWords, describeNic, serve, type Serving } from './serve/serve.ts';
 import type { Attachment } from './plan/attachment.ts';
 
-export const VERSION = '0.1.0';
+import { VERSION } from './version.ts';
+
+export { VERSION };
 
 function helpText(): string {
   const lines = [
@@ -29,6 +32,7 @@ function helpText(): string {
     '  podtap run [options] -- VMM ARGS...    like up, then spawn the VMM with the TAP fds at 3, 4, ...',
     '  podtap down [--state-dir DIR]          restore the namespace from the journal (after a crash)',
     '  podtap exec --fd-socket PATH -- VMM... fetch the TAP fds from `up --fd-socket` and exec the VMM',
+    '  podtap status [--json]                 what the running podtap serves, per NIC: DHCP, guard drops, hand-off',
     '',
     'VMM argument placeholders: {fd} {fds} {fds_csv} {mac} {mtu} {tap} {bridge} {interface} {queues} {vectors} {ch_queues}',
     '  each for NIC 0; {name:N} for NIC N (0-based), {name:IFNAME} for the NIC of pod interface IFNAME',
@@ -73,7 +77,9 @@ async function inspect(opts: Options): Promise<number> {
     dns = pod.dns;
     hostname = pod.hostname;
   } catch (e) {
-    if (!(e instanceof PodtapError)) throw e;
+    // What podtap would refuse about the interfaces is part of the report;
+    // anything else (an unreadable resolver file) is an error of its own.
+    if (!(e instanceof PodtapError) || e.code !== 'discovery') throw e;
     problem = e.describe();
   }
   const ifaces = candidates.map((l) => interfaceOf(observed, l, validIfname(l.name) ? readSysctls(sysctlKeys(l.name)) : {}));
@@ -221,6 +227,57 @@ async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log:
   return exitCode;
 }
 
+/** `podtap status`: asks the running podtap; without one, says what the state dir holds. */
+async function status(opts: Options): Promise<number> {
+  const { connect } = await import('node:net');
+  const { statusText } = await import('./serve/status.ts');
+  const path = opts.statusSocket ?? join(opts.stateDir, 'status.sock');
+  const text = await new Promise<string | Error>((resolve) => {
+    const chunks: Buffer[] = [];
+    const s = connect(path);
+    s.setTimeout(5000, () => s.destroy(new Error('no answer within 5 s')));
+    s.on('data', (d) => chunks.push(d));
+    s.on('end', () => resolve(Buffer.concat(chunks).toString()));
+    s.on('error', (e) => resolve(e));
+  });
+  if (!(text instanceof Error)) {
+    const doc = JSON.parse(text) as Record<string, unknown>;
+    process.stdout.write(opts.json ? JSON.stringify(doc, null, 2) + '\n' : statusText(doc));
+    return 0;
+  }
+  // Nobody answers: say what that means.
+  let journal: Journal | undefined;
+  let why = '';
+  try {
+    openStateDir(opts.stateDir, false);
+    journal = Journal.load(opts.stateDir);
+  } catch (e) {
+    why = e instanceof PodtapError ? e.describe() : (e as Error).message;
+  }
+  const doc = {
+    running: false,
+    socket: path,
+    error: (text as NodeJS.ErrnoException).code ?? text.message,
+    journal: journal ? { pid: journal.state.pid, phase: journal.state.phase, createdAt: journal.state.createdAt, nics: journal.state.attachments.map((a) => a.interface) } : null,
+    ...(why ? { problem: why } : {}),
+  };
+  if (opts.json) process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
+  else {
+    const lines = [`podtap is not answering on ${path} (${doc.error}).`];
+    if (journal)
+      lines.push(
+        `The journal in ${opts.stateDir} says podtap (pid ${journal.state.pid}) set up ${doc.journal!.nics.join(', ')} and died during "${journal.state.phase}".`,
+        journal.state.phase === 'ready'
+          ? 'The VM may still have its network: start `podtap up` again with the same options to adopt it, or run `podtap down` to restore the pod.'
+          : 'The pod is half set up: run `podtap down` to restore it.',
+      );
+    else if (why) lines.push(why);
+    else lines.push(`Nothing is set up: no journal in ${opts.stateDir}.`);
+    process.stdout.write(lines.join('\n') + '\n');
+  }
+  return 1;
+}
+
 function readyFile(opts: Options): string {
   return join(opts.stateDir, 'ready');
 }
@@ -258,6 +315,8 @@ export async function main(argv: string[]): Promise<number> {
         const { execFromSocket } = await import('./handoff/exec.ts');
         return await execFromSocket(opts, parsed.vmm, log);
       }
+      case 'status':
+        return await status(opts);
     }
   } catch (e) {
     if (e instanceof PodtapError) {

@@ -4,14 +4,14 @@
 
 import { randomLaaMac } from './net/random.ts';
 import { lstatSync, readFileSync, readlinkSync, statSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { applyPlan, undoSteps, type Fault } from './journal/apply.ts';
 import { discover } from './pod/discover.ts';
 import { takeObservation } from './pod/prefetch.ts';
 import { PodtapError } from './errors.ts';
 import { Journal, Lock } from './journal/journal.ts';
-import { openStateDir } from './journal/statedir.ts';
+import { openStateDir, removeStateFile } from './journal/statedir.ts';
 import type { Logger } from './log.ts';
 import type { Options } from './options.ts';
 import { plan } from './plan/plan.ts';
@@ -37,6 +37,7 @@ export interface Session {
   pod: Pod;
   attachments: Attachment[];
   serverId: string; // CIDR
+  forward?: { nic: number; from: string; to: string };
   /** Queue fds per NIC, in NIC order. */
   fds: number[][];
   /** NIC i's queue fds for a (re)connecting VMM; after an adoption, reattaches the tap once free. */
@@ -184,6 +185,7 @@ export function planSettings(opts: Options): Settings {
     persistTap: opts.persistTap,
     antispoof: opts.antispoof,
     datapath: opts.datapath ?? null,
+    forwardPorts: opts.forwardPorts,
   };
 }
 
@@ -211,6 +213,7 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
         pod: s.pod,
         attachments: s.attachments,
         serverId: s.serverId,
+        ...(s.forward ? { forward: s.forward } : {}),
         fds: adopted.fds,
         reattach: adopted.reattach,
         adopted: true,
@@ -245,6 +248,7 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
         ...(opts.tapOwner ? { tapOwner: opts.tapOwner } : {}),
         ...(opts.datapath ? { datapath: opts.datapath } : {}),
         support,
+        forwardPorts: opts.forwardPorts,
       },
       () => ({ serverMac: randomLaaMac(), portMac: randomLaaMac(), bridgeMac: randomLaaMac() }),
     );
@@ -254,7 +258,7 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
 
     const native = await nativeP;
     let tapMs = 0;
-    const journal = Journal.create(opts.stateDir, { settings: planSettings(opts), pod, attachments: p.attachments, serverId: p.serverId });
+    const journal = Journal.create(opts.stateDir, { settings: planSettings(opts), pod, attachments: p.attachments, serverId: p.serverId, ...(p.forward ? { forward: p.forward } : {}) });
     const openTap = tapOpener(native, (ms) => (tapMs += ms));
     const fds: number[] = [];
     try {
@@ -283,6 +287,7 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
       pod,
       attachments: p.attachments,
       serverId: p.serverId,
+      ...(p.forward ? { forward: p.forward } : {}),
       fds: byNic,
       reattach: async (nic) => byNic[nic] ?? [],
       adopted: false,
@@ -329,7 +334,11 @@ export async function down(opts: Pick<Options, 'stateDir'>, log: Logger, fault?:
     const journal = Journal.load(opts.stateDir);
     if (!journal) return 'nothing';
     journal.own();
-    return await tearDown(journal, log, fault);
+    const restored = await tearDown(journal, log, fault);
+    // A podtap killed while up leaves its readiness file: a probe must not
+    // see the VM's network as up once it has been taken down.
+    removeStateFile(join(opts.stateDir, 'ready'));
+    return restored;
   } finally {
     lock.release();
   }

@@ -8,7 +8,7 @@ import { contains, formatIpv4, parseIfaceCidr, parseIpv4 } from './net/ipv4.ts';
 import { IFNAME_RULE, validIfname } from './net/names.ts';
 import { DATAPATHS, type Datapath } from './plan/datapath/index.ts';
 
-export type Command = 'inspect' | 'up' | 'run' | 'down' | 'exec';
+export type Command = 'inspect' | 'up' | 'run' | 'down' | 'exec' | 'status';
 
 export interface Options {
   /** Pod interfaces in the VM's NIC order; undefined = the only candidate. */
@@ -33,6 +33,10 @@ export interface Options {
   fdSocketMode: number;
   persistTap: boolean;
   resolvConf: string;
+  /** Ports of the VM reachable at 127.0.0.1:PORT in the pod namespace (kubectl port-forward, exec probes). */
+  forwardPorts: { port: number; proto: 'tcp' | 'udp' }[];
+  statusSocket?: string;
+  json: boolean;
 }
 
 interface Spec {
@@ -47,7 +51,7 @@ interface Spec {
 }
 
 const SETUP: Command[] = ['up', 'run'];
-const ALL: Command[] = ['inspect', 'up', 'run', 'down', 'exec'];
+const ALL: Command[] = ['inspect', 'up', 'run', 'down', 'exec', 'status'];
 
 export const SPECS: Spec[] = [
   { flag: 'interface', env: 'PODTAP_INTERFACE', repeatable: true, commands: ['inspect', ...SETUP], valueName: 'IF', help: "a pod interface to give the VM; repeat for several NICs, in NIC order (env: comma list; default: the only veth or macvlan)" },
@@ -56,7 +60,10 @@ export const SPECS: Spec[] = [
   { flag: 'bridge', env: 'PODTAP_BRIDGE', commands: SETUP, valueName: 'NAME', help: 'bridge to create (default br0)' },
   { flag: 'tap', env: 'PODTAP_TAP', commands: SETUP, valueName: 'NAME', help: 'tap device to create (default tap0)' },
   { flag: 'queues', env: 'PODTAP_QUEUES', commands: SETUP, valueName: 'N', help: 'TAP queues, one fd each; >1 uses IFF_MULTI_QUEUE (default 1, max 256)' },
-  { flag: 'state-dir', env: 'PODTAP_STATE_DIR', commands: ['up', 'run', 'down'], valueName: 'DIR', help: 'where the journal lives (default /run/podtap)' },
+  { flag: 'state-dir', env: 'PODTAP_STATE_DIR', commands: ['up', 'run', 'down', 'status'], valueName: 'DIR', help: 'where the journal lives (default /run/podtap)' },
+  { flag: 'forward-port', env: 'PODTAP_FORWARD_PORTS', repeatable: true, commands: SETUP, valueName: 'PORT[/tcp|/udp]', help: "make 127.0.0.1:PORT in the pod namespace reach the VM's PORT (kubectl port-forward, exec probes); repeatable" },
+  { flag: 'status-socket', env: 'PODTAP_STATUS_SOCKET', commands: ['up', 'run', 'status'], valueName: 'PATH', help: 'where podtap answers `podtap status` (default STATE_DIR/status.sock; put it in a volume shared with the VMM container to ask from there)' },
+  { flag: 'json', env: 'PODTAP_STATUS_JSON', boolean: true, commands: ['status'], help: 'status as JSON, for programs' },
   { flag: 'tap-owner', env: 'PODTAP_TAP_OWNER', commands: SETUP, valueName: 'UID[:GID]', help: 'owner of the tap, for a VMM that runs as another user' },
   { flag: 'log-format', env: 'PODTAP_LOG_FORMAT', commands: ALL, valueName: 'text|json', help: 'log format on stderr (default text)' },
   { flag: 'log-level', env: 'PODTAP_LOG_LEVEL', commands: ALL, valueName: 'LEVEL', help: 'debug, info, warn or error (default info)' },
@@ -131,9 +138,9 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       command = arg as Command;
       continue;
     }
-    throw usage(`unexpected argument ${JSON.stringify(arg)}`, command === 'run' || command === 'exec' ? 'put the VMM command after `--`' : 'commands are inspect, up, run, down and exec');
+    throw usage(`unexpected argument ${JSON.stringify(arg)}`, command === 'run' || command === 'exec' ? 'put the VMM command after `--`' : 'commands are inspect, up, run, down, exec and status');
   }
-  if (!command) throw usage('no command given', 'use one of: podtap inspect | up | run -- VMM... | down | exec -- VMM...');
+  if (!command) throw usage('no command given', 'use one of: podtap inspect | up | run -- VMM... | down | exec -- VMM... | status');
 
   for (const spec of SPECS) {
     if (raw.has(spec.flag)) {
@@ -172,6 +179,8 @@ export function defaults(): Options {
     persistTap: false,
     resolvConf: '/etc/resolv.conf',
     force: false,
+    forwardPorts: [],
+    json: false,
   };
 }
 
@@ -234,6 +243,17 @@ function apply(o: Options, flag: string, value: string, where: string): void {
       break;
     case 'persist-tap': o.persistTap = truthy(value, where); break;
     case 'resolv-conf': o.resolvConf = path(value, where); break;
+    case 'forward-port': {
+      const m = /^(\d{1,5})(?:\/(tcp|udp))?$/.exec(value);
+      if (!m) throw usage(`${where} is ${JSON.stringify(value)}, not PORT[/tcp|/udp]`, 'give a port number, e.g. 8080 or 53/udp');
+      const port = int(m[1]!, where, 1, 65535, 'a port');
+      const proto = (m[2] ?? 'tcp') as 'tcp' | 'udp';
+      if (o.forwardPorts.some((f) => f.port === port && f.proto === proto)) throw usage(`${where} gives ${port}/${proto} twice`, 'give each port once');
+      o.forwardPorts.push({ port, proto });
+      break;
+    }
+    case 'status-socket': o.statusSocket = path(value, where); break;
+    case 'json': o.json = truthy(value, where); break;
   }
 }
 

@@ -31,6 +31,7 @@ export interface JournalState {
   pod: Pod;
   attachments: Attachment[];
   serverId: string; // DHCPv4 server identifier (CIDR)
+  forward?: { nic: number; from: string; to: string }; // --forward-port's path to the guest
   steps: Step[];
 }
 
@@ -117,7 +118,7 @@ export class Journal {
     return new Journal(dir, state);
   }
 
-  static create(dir: string, init: Pick<JournalState, 'settings' | 'pod' | 'attachments' | 'serverId'>): Journal {
+  static create(dir: string, init: Pick<JournalState, 'settings' | 'pod' | 'attachments' | 'serverId' | 'forward'>): Journal {
     return new Journal(dir, {
       format: FORMAT,
       runId: randomId(),

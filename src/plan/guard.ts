@@ -33,6 +33,12 @@ export interface NicGuard {
   reservedLinkLocal: string[];
   /** The router address podtap answers neighbour solicitations for: the guest's solicitations for it stay inside. */
   ndProxy?: string;
+  /**
+   * Ports forwarded from the pod namespace (--forward-port): the guest's
+   * answers to podtap's address on these ports go to the pod's stack
+   * instead of the node; nothing else of the guest's ever does.
+   */
+  forward?: { address: string; tcp: number[]; udp: number[]; bridgeMac?: string };
 }
 
 export interface NftTable {
@@ -74,7 +80,21 @@ export function fromVmRules(g: NicGuard): string[] {
     `icmpv6 type { nd-router-advert, nd-redirect, router-renumbering } counter drop comment "router"`,
   );
   if (g.ndProxy) r.push(`icmpv6 type nd-neighbor-solicit @th,64,128 ${hex128(g.ndProxy)} drop`);
-  if (!g.antispoof) return r;
+  if (g.antispoof) r.push(...antispoofRules(g));
+  // Last, once the frame is known to be the guest's own: answers on
+  // forwarded ports go up the pod's stack (the guest routes them to its
+  // gateway's MAC; the pod's stack must take them as its own).
+  const f = g.forward;
+  if (f) {
+    const up = f.bridgeMac ? `ether daddr set ${f.bridgeMac} meta pkttype set host` : 'meta pkttype set host accept';
+    if (f.tcp.length) r.push(`ip daddr ${f.address} tcp sport ${set(f.tcp.map(String))} ${up}`);
+    if (f.udp.length) r.push(`ip daddr ${f.address} udp sport ${set(f.udp.map(String))} ${up}`);
+  }
+  return r;
+}
+
+function antispoofRules(g: NicGuard): string[] {
+  const r: string[] = [];
   const v4 = g.ipv4;
   r.push(
     `arp htype != 1 counter drop comment "bad-arp"`,
@@ -120,11 +140,20 @@ function bridgeTable(t: NftTable): string {
   const chains = t.nics.flatMap((g) => [chain(`vm${g.nic}`, undefined, fromVmRules(g)), chain(`pod${g.nic}`, undefined, fromPodRules())]);
   // The bridge has no address and nothing to say: whatever its own stack
   // would send stays inside.
+  // The one exception: podtap's forwarded connections to the guest.
   const ports = t.nics.flatMap((g) => [g.podIf, g.tap]).map(q);
+  const out = t.nics.flatMap((g) => {
+    const f = g.forward;
+    if (!f) return [];
+    return [
+      ...(f.tcp.length ? [`oifname ${q(g.tap)} ip saddr ${f.address} tcp dport ${set(f.tcp.map(String))} accept`] : []),
+      ...(f.udp.length ? [`oifname ${q(g.tap)} ip saddr ${f.address} udp dport ${set(f.udp.map(String))} accept`] : []),
+    ];
+  });
   return [
     chain('prerouting', 'type filter hook prerouting priority dstnat; policy accept;', [`iifname vmap { ${vmap} }`]),
     ...chains,
-    chain('output', 'type filter hook output priority filter; policy accept;', [`oifname ${set(ports)} counter drop comment "bridge-output"`]),
+    chain('output', 'type filter hook output priority filter; policy accept;', [...out, `oifname ${set(ports)} counter drop comment "bridge-output"`]),
   ].join('');
 }
 
@@ -171,5 +200,12 @@ export function validateNftTable(t: NftTable): void {
     if (!Array.isArray(g.ipv6) || !g.ipv6.every(v6)) bad('IPv6 list', g.ipv6);
     if (!Array.isArray(g.reservedLinkLocal) || !g.reservedLinkLocal.every(v6)) bad('reserved link-local list', g.reservedLinkLocal);
     if (g.ndProxy !== undefined && !v6(g.ndProxy)) bad('router address', g.ndProxy);
+    if (g.forward !== undefined) {
+      const f = g.forward;
+      const ports = (p: unknown) => Array.isArray(p) && p.length <= 64 && p.every((x) => Number.isInteger(x) && x >= 1 && x <= 65535);
+      if (!f || typeof f.address !== 'string' || parseIpv4(f.address) === undefined) bad('forward address', f?.address);
+      if (!ports(f.tcp) || !ports(f.udp)) bad('forwarded ports', f);
+      if (f.bridgeMac !== undefined && !validMac(f.bridgeMac)) bad('bridge MAC', f.bridgeMac);
+    }
   }
 }

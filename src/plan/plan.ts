@@ -25,6 +25,8 @@ export interface PlanOptions extends Names {
   tapOwner?: { uid: number; gid?: number };
   datapath?: Datapath;
   support: DatapathSupport;
+  /** --forward-port: ports of the VM to reach from 127.0.0.1 in the pod namespace. */
+  forwardPorts?: { port: number; proto: 'tcp' | 'udp' }[];
 }
 
 /** MACs podtap makes up, per NIC (random in production, fixed in tests). */
@@ -37,7 +39,35 @@ export interface Generated {
 export interface Plan {
   attachments: Attachment[];
   serverId: string; // DHCPv4 server identifier (CIDR)
+  /** The NIC whose guest answers forwarded ports, and where podtap connects from. */
+  forward?: { nic: number; from: string; to: string };
   steps: Step[];
+}
+
+/** The NIC forwarded ports go to: the primary one with IPv4, else the first with IPv4. */
+export function forwardNic(attachments: Attachment[]): Attachment | undefined {
+  return attachments.find((a) => a.primary && a.ipv4) ?? attachments.find((a) => a.ipv4);
+}
+
+/**
+ * The pod's own stack must reach the guest for forwarded ports: the server
+ * identifier on the NIC's bridge (or TAP), a host route to the guest's
+ * address with it as source, and a permanent neighbour entry so no ARP is
+ * ever needed. Journaled like everything else.
+ */
+function forwardSteps(a: Attachment, serverId: string): Step[] {
+  const dev = a.bridge ?? a.tap;
+  const from = serverId.split('/')[0]!;
+  const addr = { family: 'inet' as const, local: from, prefixlen: 32, scope: 'link', flags: [] };
+  const route = { family: 'inet' as const, table: 'main', type: 'unicast', dst: `${a.ipv4!.address}/32`, dev, protocol: 'static', scope: 'link', prefsrc: from, flags: [] };
+  const neigh = { family: 'inet' as const, dst: a.ipv4!.address, lladdr: a.mac, dev, router: false, proxy: false, permanent: true };
+  return [
+    {
+      id: `nic${a.nic}/forward-path`,
+      do: [{ op: 'addr-add', dev, addr }, { op: 'route-add', route }, { op: 'neigh-add', neigh }],
+      undo: [{ op: 'neigh-del', neigh }, { op: 'route-del', route }, { op: 'addr-del', dev, addr }],
+    },
+  ];
 }
 
 /**
@@ -184,13 +214,25 @@ export function plan(pod: Pod, links: Link[], opts: PlanOptions, gen: (nic: numb
     const up = pod.interfaces[nic]!.link.up;
     steps.push(...(a.datapath === 'bridge' ? bridgeSteps(a, up) : redirectSteps(a, up)));
   });
+  let forward: Plan['forward'];
+  if (opts.forwardPorts?.length) {
+    const a = forwardNic(attachments);
+    if (!a) throw new PodtapError('usage', '--forward-port needs a NIC with an IPv4 address to forward to, and no pod interface has one', 'leave --forward-port out for this pod');
+    steps.push(...forwardSteps(a, serverId));
+    forward = { nic: a.nic, from: serverId.split('/')[0]!, to: a.ipv4!.address };
+  }
   // The guard tables last: by then every device they name exists.
   for (const family of ['bridge', 'netdev'] as const) {
     const path: Datapath = family === 'bridge' ? 'bridge' : 'redirect';
-    const nics = attachments.filter((a) => a.datapath === path).map((a) => guardOf(a, pod.interfaces[a.nic]!, opts.antispoof));
+    const nics = attachments.filter((a) => a.datapath === path).map((a) => {
+      const g = guardOf(a, pod.interfaces[a.nic]!, opts.antispoof);
+      if (forward?.nic !== a.nic) return g;
+      const ports = (proto: 'tcp' | 'udp') => opts.forwardPorts!.filter((f) => f.proto === proto).map((f) => f.port);
+      return { ...g, forward: { address: forward.from, tcp: ports('tcp'), udp: ports('udp'), ...(a.bridgeMac ? { bridgeMac: a.bridgeMac } : {}) } };
+    });
     if (!nics.length) continue;
     const table: NftTable = { family, name: TABLE, nics };
     steps.push({ id: `guard/${family}`, do: [{ op: 'nft-load', table }], undo: [{ op: 'nft-delete', family, name: TABLE }], background: true });
   }
-  return { attachments, serverId, steps };
+  return { attachments, serverId, ...(forward ? { forward } : {}), steps };
 }

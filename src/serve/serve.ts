@@ -12,10 +12,16 @@ import type { Session } from '../lifecycle.ts';
 import type { Attachment } from '../plan/attachment.ts';
 import { PlaceholderError, substituteArgv, usedPlaceholders, vmmFdNumbers, type PlaceholderInput } from '../handoff/placeholders.ts';
 import type { FramePort } from './packet.ts';
+import type { DhcpServer } from './dhcp4/server.ts';
+import type { Forwarder } from './forward.ts';
+import { join } from 'node:path';
+import { VERSION } from '../version.ts';
 
 export interface Serving {
   readyFields: Record<string, unknown>;
   spawnVmm(argv: string[]): ChildProcess;
+  /** The `podtap status` document. */
+  status(): Promise<Record<string, unknown>>;
   close(): Promise<void>;
 }
 
@@ -128,6 +134,11 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
     }
   };
   const nics = session.attachments;
+  const dhcp4 = new Map<number, DhcpServer>();
+  let forwarder: Forwarder | undefined;
+  let child: ChildProcess | undefined;
+  let fdServer: { served: number } | undefined;
+  const handoffMode = opts.fdSocket ? 'fd-socket' : opts.qmp ? 'qmp' : opts.chApi ? 'cloud-hypervisor' : opts.persistTap ? 'persistent-tap' : 'run';
   try {
     const t0 = performance.now();
     if (opts.dhcp) {
@@ -151,6 +162,7 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
         const nicLog: Logger = (level, msg, fields) => log(level, msg, { nic: a.nic, ...fields });
         const server = await startDhcpServer(config, { log: nicLog, port: port.sub(), serverMac: a.serverMac });
         closers.push(() => server.close());
+        dhcp4.set(a.nic, server);
         dhcp.push({ nic: a.nic, serverId: config.serverId, leaseTime: config.leaseSeconds });
       }
       readyFields.dhcp = dhcp;
@@ -181,6 +193,7 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
         }),
       );
       closers.push(() => server.close());
+      fdServer = server;
       readyFields.fdSocket = opts.fdSocket;
     }
     if (opts.qmp) {
@@ -238,6 +251,55 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
       session.fds = session.fds.map(() => []);
       readyFields.persistent = true;
     }
+    if (session.forward && opts.forwardPorts.length) {
+      const { startForwarding } = await import('./forward.ts');
+      const f = await handoff('forwarding ports from the pod namespace', 'another process in the pod listens on that port on 127.0.0.1: stop it or leave the port out', () =>
+        startForwarding({ ports: opts.forwardPorts, from: session.forward!.from, to: session.forward!.to }, log),
+      );
+      forwarder = f;
+      closers.push(() => f.close());
+      readyFields.forwardPorts = opts.forwardPorts.map((p) => `${p.port}/${p.proto}`);
+    }
+
+    const status = async (): Promise<Record<string, unknown>> => {
+      const { guardCounters } = await import('./status.ts');
+      const drops = await guardCounters([...new Set(nics.map((a) => (a.datapath === 'bridge' ? ('bridge' as const) : ('netdev' as const))))]);
+      const held = session.fds.map((f) => f.length);
+      const vmm = child ? { pid: child.pid, running: child.exitCode === null && child.signalCode === null } : undefined;
+      const summary =
+        handoffMode === 'run'
+          ? vmm ? `podtap started the VMM (pid ${vmm.pid}, ${vmm.running ? 'running' : 'exited'})` : 'the VMM is not started yet'
+          : handoffMode === 'fd-socket'
+            ? `serving fds on ${opts.fdSocket}: ${fdServer?.served ?? 0} fetches so far${fdServer?.served ? '' : ' (has the VMM container run `podtap exec`?)'}`
+            : handoffMode === 'persistent-tap'
+              ? `persistent taps ${nics.map((a) => a.tap).join(', ')} for a VMM that opens them by name`
+              : `hot-plugged into ${handoffMode === 'qmp' ? `QEMU (${opts.qmp})` : `Cloud Hypervisor (${opts.chApi})`} as ${nics.map((a) => nicId(a.nic)).join(', ')}`;
+      return {
+        time: Date.now(),
+        podtap: { version: VERSION, pid: process.pid, adopted: session.adopted, readyAt, stateDir: opts.stateDir },
+        handoff: { mode: handoffMode, summary, fdsHeld: held, ...(vmm ? { vmm } : {}), ...(fdServer ? { fetches: fdServer.served } : {}) },
+        nics: nics.map((a) => {
+          const d = dhcp4.get(a.nic)?.stats();
+          return {
+            ...describeNic(a, queues),
+            ...(d ? { dhcp4: { ...d.lease, naks: d.naks, foreign: d.dropped['foreign-mac'] ?? 0, received: d.received } } : {}),
+            guardDrops: drops[a.nic] ?? {},
+          };
+        }),
+        ...(forwarder ? { forward: forwarder.stats() } : {}),
+      };
+    };
+    const readyAt = Date.now();
+    const statusPath = opts.statusSocket ?? join(opts.stateDir, 'status.sock');
+    try {
+      const { serveStatus } = await import('./status.ts');
+      const st = await serveStatus(statusPath, opts.statusSocket ? opts.fdSocketMode : 0o600, status, (e) => log('debug', `status socket: ${e.message}`));
+      closers.push(() => st.close());
+    } catch (e) {
+      // Status is for people: podtap serves the VM without it.
+      log('warn', `cannot answer \`podtap status\` on ${statusPath}: ${(e as Error).message}`);
+    }
+
     const t2 = performance.now();
     session.timings.handoff = t2 - t1;
     session.timings.total += t2 - t0;
@@ -253,8 +315,10 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
         log('info', 'starting the VMM', { argv: rendered.join(' ') });
         // stdio entries 3.. are dup2'd by libuv into the child, clearing
         // close-on-exec there only: no other child inherits the TAPs.
-        return spawn(rendered[0]!, rendered.slice(1), { stdio: ['inherit', 'inherit', 'inherit', ...session.fds.flat()] });
+        child = spawn(rendered[0]!, rendered.slice(1), { stdio: ['inherit', 'inherit', 'inherit', ...session.fds.flat()] });
+        return child;
       },
+      status,
       close,
     };
   } catch (e) {

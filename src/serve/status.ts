@@ -1,0 +1,127 @@
+// `podtap status`: what a person debugging "my VM has no network" reads
+// first. podtap up answers on a Unix socket (STATE_DIR/status.sock, or
+// --status-socket in a volume the VMM's container shares) with one JSON
+// document: per NIC the identity handed out, where DHCP stands, what the
+// guard dropped and why (nftables counters), the data path, and whether the
+// VMM has its fds. Without a running podtap, `status` says so and what the
+// journal in the state dir means.
+
+import { createServer, type Server } from 'node:net';
+import { lstatSync, unlinkSync } from 'node:fs';
+import { run } from '../sys/exec.ts';
+import { TABLE } from '../plan/guard.ts';
+
+export type Json = Record<string, unknown>;
+
+/** Guard drops by NIC and reason, from the counters of podtap's own tables. */
+export async function guardCounters(families: ('bridge' | 'netdev')[]): Promise<Record<number, Record<string, number>>> {
+  const out: Record<number, Record<string, number>> = {};
+  for (const family of families) {
+    const r = await run('nft', ['-j', 'list', 'table', family, TABLE]);
+    if (r.exitCode !== 0) continue;
+    let doc: { nftables?: Json[] };
+    try {
+      doc = JSON.parse(r.stdout);
+    } catch {
+      continue;
+    }
+    for (const item of doc.nftables ?? []) {
+      const rule = item.rule as { chain?: string; comment?: string; expr?: Json[] } | undefined;
+      if (!rule?.comment || !rule.chain) continue;
+      const m = /^(vm|pod)(\d+)$/.exec(rule.chain);
+      if (!m) continue;
+      const counter = rule.expr?.find((e) => 'counter' in e)?.counter as { packets?: number } | undefined;
+      if (!counter?.packets) continue;
+      const nic = Number(m[2]);
+      const key = `${m[1] === 'vm' ? 'from-vm' : 'from-pod'}:${rule.comment}`;
+      (out[nic] ??= {})[key] = ((out[nic] ?? {})[key] ?? 0) + counter.packets;
+    }
+  }
+  return out;
+}
+
+export interface StatusServer {
+  readonly path: string;
+  close(): Promise<void>;
+}
+
+/** Answers every connection with the current status document, then closes it. */
+export async function serveStatus(path: string, mode: number, collect: () => Promise<Json>, onError: (e: Error) => void): Promise<StatusServer> {
+  try {
+    const st = lstatSync(path);
+    if (!st.isSocket()) throw new Error(`${path} exists and is not a socket`);
+    unlinkSync(path); // an old podtap's; the lock says none runs now
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  const server: Server = createServer((conn) => {
+    conn.on('error', () => {});
+    collect()
+      .then((doc) => conn.end(JSON.stringify(doc) + '\n'))
+      .catch((e: unknown) => {
+        onError(e as Error);
+        conn.destroy();
+      });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    // Created with its final mode: no chmod that could follow a symlink.
+    const old = process.umask(~mode & 0o777);
+    try {
+      server.listen(path, () => resolve());
+    } finally {
+      process.umask(old);
+    }
+  });
+  server.on('error', onError);
+  return {
+    path,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        try {
+          unlinkSync(path);
+        } catch {
+          // gone already
+        }
+      }),
+  };
+}
+
+function ago(ms: number | undefined, now: number): string {
+  if (ms === undefined) return '';
+  const s = Math.max(0, Math.round((now - ms) / 1000));
+  return s < 120 ? `${s}s ago` : s < 7200 ? `${Math.round(s / 60)}m ago` : `${Math.round(s / 3600)}h ago`;
+}
+
+/** The text form: one block per NIC, the likely problem first. */
+export function statusText(doc: Json): string {
+  const now = typeof doc.time === 'number' ? doc.time : Date.now();
+  const lines: string[] = [];
+  const p = doc.podtap as Json;
+  lines.push(`podtap ${p.version} pid ${p.pid}, ready ${ago(p.readyAt as number, now)}${p.adopted ? ' (adopted a running VM)' : ''}`);
+  const h = doc.handoff as Json;
+  lines.push(`hand-off: ${h.summary}`);
+  for (const n of (doc.nics as Json[]) ?? []) {
+    lines.push('');
+    lines.push(`NIC ${n.nic}: ${n.interface} (${n.kind}) via ${n.datapath}${n.bridge ? ` ${n.bridge}` : ''} → ${n.tap}, MAC ${n.mac}, MTU ${n.mtu}${n.defaultRoute ? ', default route' : ''}`);
+    if (n.ip) lines.push(`  IPv4 ${n.ip}${n.gateway ? ` via ${n.gateway}` : ''}`);
+    if (n.ipv6) lines.push(`  IPv6 ${(n.ipv6 as string[]).join(' ')}${n.gateway6 ? ` via ${n.gateway6}` : ''} (router ${n.router6})`);
+    const d4 = n.dhcp4 as Json | undefined;
+    if (d4) {
+      const st = d4.state as string;
+      const what = st === 'free' ? 'the guest never asked (is its DHCP client running on this NIC?)' : st === 'offered' ? 'offered, not yet bound (the guest did not REQUEST)' : st;
+      lines.push(`  DHCPv4: ${what}${d4.boundAt ? `, bound ${ago(d4.boundAt as number, now)}` : ''}${d4.renewals ? `, ${d4.renewals} renewals` : ''}${d4.naks ? `, ${d4.naks} NAKs` : ''}${d4.foreign ? `, ignored ${d4.foreign} requests from other MACs` : ''}`);
+    } else if (n.ip) lines.push('  DHCPv4: not served (--no-dhcp)');
+    const d6 = n.dhcp6 as Json | undefined;
+    if (d6) lines.push(`  DHCPv6: ${d6.state === 'never' ? 'the guest never asked' : d6.state}${d6.boundAt ? `, bound ${ago(d6.boundAt as number, now)}` : ''}${d6.renewals ? `, ${d6.renewals} renewals` : ''}`);
+    const ra = n.ra as Json | undefined;
+    if (ra) lines.push(`  router advertisements: ${ra.sent} sent (${ra.solicited} solicited)${ra.gatewayMac ? `, gateway MAC ${ra.gatewayMac}` : ra.needsGatewayMac ? ', gateway MAC NOT known yet' : ''}`);
+    const g = n.guardDrops as Record<string, number> | undefined;
+    const drops = Object.entries(g ?? {}).filter(([, v]) => v > 0);
+    lines.push(drops.length ? `  guard dropped: ${drops.map(([k, v]) => `${k} ${v}`).join(', ')}` : '  guard dropped nothing');
+  }
+  const f = doc.forward as Json[] | undefined;
+  if (f?.length) lines.push('', `forwarded ports: ${f.map((x) => `${x.port}/${x.proto} (${x.flows} open, ${x.total} total)`).join(', ')}`);
+  return lines.join('\n') + '\n';
+}
