@@ -13,6 +13,7 @@ import type { Attachment } from '../plan/attachment.ts';
 import { PlaceholderError, substituteArgv, usedPlaceholders, vmmFdNumbers, type PlaceholderInput } from '../handoff/placeholders.ts';
 import type { FramePort } from './packet.ts';
 import type { DhcpServer } from './dhcp4/server.ts';
+import type { Ipv6Server } from './ipv6.ts';
 import type { Forwarder } from './forward.ts';
 import { join } from 'node:path';
 import { VERSION } from '../version.ts';
@@ -135,6 +136,7 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
   };
   const nics = session.attachments;
   const dhcp4 = new Map<number, DhcpServer>();
+  const ipv6 = new Map<number, Ipv6Server>();
   let forwarder: Forwarder | undefined;
   let child: ChildProcess | undefined;
   let fdServer: { served: number } | undefined;
@@ -144,10 +146,12 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
     if (opts.dhcp) {
       const { dhcpConfigFrom } = await import('./dhcp4/config.ts');
       const { startDhcpServer } = await import('./dhcp4/server.ts');
-      const { openDevicePort, SERVER_FILTER } = await import('./packet.ts');
-      const dhcp: Record<string, unknown>[] = [];
+      const { startIpv6Server } = await import('./ipv6.ts');
+      const { openDevicePort, SERVER_FILTER, ADVERT_FILTER } = await import('./packet.ts');
+      const served: Record<string, unknown>[] = [];
       for (const a of nics) {
         const iface = session.pod.interfaces[a.nic]!;
+        const nicLog: Logger = (level, msg, fields) => log(level, msg, { nic: a.nic, ...fields });
         const { config, warnings } = dhcpConfigFrom(iface, {
           serverId: session.serverId.split('/')[0]!,
           leaseSeconds: opts.leaseTime,
@@ -155,17 +159,29 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
           dns: session.pod.dns,
           hostname: session.pod.hostname,
         });
-        for (const w of warnings) log('warn', w, { nic: a.nic });
-        if (!config) continue; // an L2-only interface: nothing to hand out over IPv4
+        for (const w of warnings) nicLog('warn', w);
+        // An L2-only interface: nothing to hand out.
+        if (!config && !a.ipv6) continue;
         const port = share(await openDevicePort(a.tap, SERVER_FILTER));
         closers.push(() => port.close());
-        const nicLog: Logger = (level, msg, fields) => log(level, msg, { nic: a.nic, ...fields });
-        const server = await startDhcpServer(config, { log: nicLog, port: port.sub(), serverMac: a.serverMac });
-        closers.push(() => server.close());
-        dhcp4.set(a.nic, server);
-        dhcp.push({ nic: a.nic, serverId: config.serverId, leaseTime: config.leaseSeconds });
+        if (config) {
+          const server = await startDhcpServer(config, { log: nicLog, port: port.sub(), serverMac: a.serverMac });
+          closers.push(() => server.close());
+          dhcp4.set(a.nic, server);
+        }
+        if (a.ipv6) {
+          const server = await startIpv6Server(iface, a, session.pod.dns, {
+            log: nicLog,
+            port: port.sub(),
+            podPort: () => openDevicePort(a.interface, ADVERT_FILTER),
+            leaseSeconds: opts.leaseTime,
+          });
+          closers.push(() => server.close());
+          ipv6.set(a.nic, server);
+        }
+        served.push({ nic: a.nic, ...(config ? { serverId: config.serverId } : {}), ...(a.ipv6 ? { router6: a.ipv6.router } : {}), leaseTime: opts.leaseTime });
       }
-      readyFields.dhcp = dhcp;
+      readyFields.dhcp = served;
     }
     const t1 = performance.now();
     session.timings.dhcpReady = t1 - t0;
@@ -280,9 +296,11 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
         handoff: { mode: handoffMode, summary, fdsHeld: held, ...(vmm ? { vmm } : {}), ...(fdServer ? { fetches: fdServer.served } : {}) },
         nics: nics.map((a) => {
           const d = dhcp4.get(a.nic)?.stats();
+          const v6 = ipv6.get(a.nic)?.stats();
           return {
             ...describeNic(a, queues),
             ...(d ? { dhcp4: { ...d.lease, naks: d.naks, foreign: d.dropped['foreign-mac'] ?? 0, received: d.received } } : {}),
+            ...(v6 ? { dhcp6: v6.dhcp6, ra: v6.ra } : {}),
             guardDrops: drops[a.nic] ?? {},
           };
         }),
