@@ -312,7 +312,12 @@ export async function tearDown(journal: Journal, log: Logger, fault?: Fault): Pr
   const report = await undoSteps(journal.state.steps, { log }, fault);
   if (report.failures.length)
     throw new PodtapError('teardown', `restoring the namespace was incomplete:\n  ${report.failures.join('\n  ')}`, `the journal ${journal.path} is kept: fix the cause and run \`podtap down\` again`);
-  journal.remove();
+  try {
+    journal.remove();
+  } catch (e) {
+    // The namespace is restored; a journal left behind is replayed harmlessly.
+    log('warn', `could not remove the journal ${journal.path}: ${(e as Error).message}`);
+  }
   return { tentative: report.tentative };
 }
 

@@ -11,7 +11,9 @@ import { parseResolvConf } from './resolv.ts';
 import { ipJsonBatch } from '../sys/ip.ts';
 import { IFNAME_RULE, validIfname } from '../net/names.ts';
 
-export const DISCOVERY_COMMANDS = ['addr show', 'route show table all', 'neigh show'];
+// `link show` for the IPv6 address generation mode: iproute2 prints it with
+// `link show` only, never with `addr show`.
+export const DISCOVERY_COMMANDS = ['addr show', 'route show table all', 'neigh show', 'link show'];
 
 type Json = Record<string, any>;
 
@@ -129,8 +131,10 @@ export function parseNeighbours(neighShow: Json[]): Neighbour[] {
 }
 
 export function parseObserved(outputs: Json[][]): Observed {
-  const [addr = [], route = [], neigh = []] = outputs;
-  return { links: parseLinks(addr), addresses: parseAddresses(addr), routes: parseRoutes(route), neighbours: parseNeighbours(neigh) };
+  const [addr = [], route = [], neigh = [], link = []] = outputs;
+  const genMode = new Map(link.filter((l) => l.inet6_addr_gen_mode).map((l) => [l.ifname, l.inet6_addr_gen_mode]));
+  const links = addr.map((l) => (l.inet6_addr_gen_mode || !genMode.has(l.ifname) ? l : { ...l, inet6_addr_gen_mode: genMode.get(l.ifname) }));
+  return { links: parseLinks(links), addresses: parseAddresses(addr), routes: parseRoutes(route), neighbours: parseNeighbours(neigh) };
 }
 
 /** Routes that "go through" a link: its device, or a multipath route with a hop on it. */

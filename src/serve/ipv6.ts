@@ -106,14 +106,17 @@ export async function startIpv6Server(iface: PodInterface, a: Attachment, dns: D
   const needsGatewayMac = answersForRouter && v6.gateway !== undefined;
 
   let identity = ipv6IdentityOf(iface, a, dns, gatewayMac)!;
+  let warned = false;
   const build = () => {
     const r = raConfigFrom(identity);
-    for (const w of r.warnings) limited(`ra-${w}`, 'warn', `ra: ${w}`);
+    // Once: the same identity gives the same warnings each time it is rebuilt.
+    if (!warned) for (const w of r.warnings.slice(0, 10)) log('warn', `ra: ${w}`);
+    warned = true;
     return r.config;
   };
   let ra: RaConfig = build();
   const d6 = dhcp6ConfigFrom(identity, { serverDuid: duidLinkLayer(a.serverMac), leaseSeconds: opts.leaseSeconds });
-  for (const w of d6.warnings) log('warn', `dhcp6: ${w}`, { nic: a.nic });
+  for (const w of d6.warnings.slice(0, 10)) log('warn', `dhcp6: ${w}`);
   const lease = new Lease6();
   const dropped: Record<string, number> = {};
   let solicited = 0;

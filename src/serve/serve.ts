@@ -78,6 +78,13 @@ async function handoff<T>(doing: string, hint: string, fn: () => Promise<T>): Pr
   }
 }
 
+/** Warnings about what a NIC's guest can't be given: a handful each, then a count. */
+function warnAll(log: Logger, warnings: string[]): void {
+  const shown = 10;
+  for (const w of warnings.slice(0, shown)) log('warn', w);
+  if (warnings.length > shown) log('warn', `${warnings.length - shown} more warnings like these`);
+}
+
 /** Lets several servers share one NIC's packet socket. */
 function share(port: FramePort): { sub(): FramePort; close(): void } {
   const handlers: ((f: Buffer) => void)[] = [];
@@ -159,7 +166,7 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
           dns: session.pod.dns,
           hostname: session.pod.hostname,
         });
-        for (const w of warnings) nicLog('warn', w);
+        warnAll(nicLog, warnings);
         // An L2-only interface: nothing to hand out.
         if (!config && !a.ipv6) continue;
         const port = share(await openDevicePort(a.tap, SERVER_FILTER));
