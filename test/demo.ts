@@ -23,8 +23,10 @@ try {
   const before = await snapshot(pod.pod);
   const inspect = await podtapIn(pod, ['inspect']);
   const found = JSON.parse(inspect.stdout);
-  console.log(`pod ${pod.pod}: ${found.interface} ${found.mac} ${found.vm.ip} mtu ${found.mtu}`);
-  for (const r of found.routes.filter((r: any) => r.table === 'main' && r.family === 'inet')) console.log(`  route ${r.dst}${r.gateway ? ' via ' + r.gateway : ''}`);
+  for (const i of found.interfaces.filter((x: any) => x.vm)) {
+    console.log(`pod ${pod.pod}: NIC ${i.nic} = ${i.interface} (${i.kind}) ${i.mac} ${i.vm.ipv4 ? `${i.vm.ipv4.address}/${i.vm.ipv4.prefixlen}` : 'no IPv4'} mtu ${i.mtu}${i.vm.defaultRoute ? ', default route' : ''}`);
+    for (const r of i.routes.filter((r: any) => r.table === 'main' && r.family === 'inet')) console.log(`  route ${r.dst}${r.gateway ? ' via ' + r.gateway : ''}`);
+  }
   console.log(`  dns ${found.dns.nameservers.join(' ')} search ${found.dns.search.join(' ')}; hostname ${found.hostname}`);
 
   say('podtap run -- qemu-system-x86_64 ... (the guest runs udhcpc, then pings the node)');
