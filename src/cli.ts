@@ -178,9 +178,15 @@ async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log:
         ...serving.readyFields,
         timings: Object.fromEntries(Object.entries(session.timings).map(([k, v]) => [k, Math.round(v * 100) / 100])),
       };
-      process.stdout.write(JSON.stringify(ready) + '\n');
       // For readiness probes: present exactly while the VM's network is up.
-      writeStateFile(readyFile(opts), JSON.stringify(ready) + '\n');
+      // Written before the ready line: a state dir that can't take it (full,
+      // read-only) fails the start, and no "ready" is ever announced.
+      try {
+        writeStateFile(readyFile(opts), JSON.stringify(ready) + '\n');
+      } catch (e) {
+        throw new PodtapError('environment', `cannot write the readiness file ${readyFile(opts)}: ${(e as Error).message}`, 'give a writable --state-dir with some free space', e);
+      }
+      process.stdout.write(JSON.stringify(ready) + '\n');
       log('info', 'ready', { nics: session.attachments.map((a) => `${a.interface}=${a.ipv4 ? `${a.ipv4.address}/${a.ipv4.prefixlen}` : 'L2'}`).join(' '), mac: first.mac, datapath: first.datapath, adopted: session.adopted });
     }
     if (!stop && command === 'run') {

@@ -130,7 +130,8 @@ function checkRoute(r: Route): void {
   oneOf(r.type, ROUTE_TYPES, 'route type');
   prefix(r.dst, f, 'route destination');
   if (r.gateway !== undefined) ip(r.gateway, undefined, 'gateway');
-  ifname(r.dev);
+  // A multipath route's devices are its next hops'.
+  if (r.dev !== undefined || !r.nexthops?.length) ifname(r.dev);
   if (r.protocol !== undefined && !(WORD.test(r.protocol) || NUMBER.test(r.protocol))) fail('bad route protocol', r.protocol);
   if (r.scope !== undefined) scope(r.scope);
   if (r.metric !== undefined) int(r.metric, 0, 2 ** 32 - 1, 'route metric');
@@ -232,6 +233,8 @@ export function checkStep(s: Step): void {
       throw new Error(`step ${s.id}: ${(e as Error).message}`);
     }
   }
+  // Nothing is ever deleted on the way forward (adoption re-runs do-actions).
+  for (const a of s.do) if (a.op === 'link-del') throw new Error(`step ${s.id}: deletes the link ${a.name} while setting up`);
   // podtap deletes only links it created: a tap it opened or a bridge it added.
   const created = new Set(s.do.flatMap((a) => (a.op === 'tap-open' ? [a.tap.name] : a.op === 'bridge-add' ? [a.name] : [])));
   for (const a of s.undo) {
@@ -253,17 +256,10 @@ export function routeSpec(r: Route): string {
   if (r.type && r.type !== 'unicast') w.push(r.type);
   w.push(dstOf(r));
   if (r.tos) w.push('tos', r.tos);
-  if (r.nexthops && r.nexthops.length) {
-    for (const h of r.nexthops) {
-      w.push('nexthop');
-      if (h.gateway) w.push('via', h.gateway);
-      w.push('dev', h.dev);
-      if (h.weight !== undefined) w.push('weight', String(h.weight));
-      if (h.flags?.includes('onlink')) w.push('onlink');
-    }
-  } else {
+  const multipath = !!r.nexthops?.length;
+  if (!multipath) {
     if (r.gateway) w.push('via', r.gateway);
-    w.push('dev', r.dev);
+    w.push('dev', r.dev!);
   }
   w.push('table', r.table);
   if (r.protocol) w.push('proto', r.protocol);
@@ -271,8 +267,16 @@ export function routeSpec(r: Route): string {
   if (r.metric !== undefined) w.push('metric', String(r.metric));
   if (r.prefsrc) w.push('src', r.prefsrc);
   if (r.mtu !== undefined) w.push('mtu', String(r.mtu));
-  if (r.flags.includes('onlink') && !r.nexthops) w.push('onlink');
+  if (r.flags.includes('onlink') && !multipath) w.push('onlink');
   if (r.pref) w.push('pref', r.pref);
+  // ip wants the next hops last: nothing may follow them on the line.
+  for (const h of multipath ? r.nexthops! : []) {
+    w.push('nexthop');
+    if (h.gateway) w.push('via', h.gateway);
+    w.push('dev', h.dev);
+    if (h.weight !== undefined) w.push('weight', String(h.weight));
+    if (h.flags?.includes('onlink')) w.push('onlink');
+  }
   return w.join(' ');
 }
 

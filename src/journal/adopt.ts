@@ -56,6 +56,10 @@ export async function adopt(journal: Journal, now: Settings, rt: Runtime): Promi
   if (mismatch.length) throw new PodtapError('conflict', `the journal in ${journal.dir} was written with other settings (${mismatch.join('; ')})`, `restart podtap with the same options to adopt the running VM, or ${again}`);
   const links = (await observe()).links;
   const problems = s.attachments.flatMap((a) => verifyAttachment(a, links));
+  // A persistent tap is what the VMM opens by name: it must still be there
+  // (a plain one goes with its last fd, and is made again below).
+  if (s.settings.persistTap === true)
+    for (const a of s.attachments) if (!links.some((l) => l.name === a.tap)) problems.push(`the persistent tap ${a.tap} is missing`);
   for (const family of new Set(s.attachments.map((a) => (a.datapath === 'bridge' ? 'bridge' : 'netdev')))) {
     const nft = await run('nft', ['list', 'table', family, TABLE]);
     if (nft.exitCode !== 0) problems.push(`the nftables table ${family} ${TABLE} is missing`);
@@ -64,6 +68,9 @@ export async function adopt(journal: Journal, now: Settings, rt: Runtime): Promi
 
   const persist = s.settings.persistTap === true;
   const queues = typeof s.settings.queues === 'number' ? s.settings.queues : 1;
+  let adopting = true;
+  let staleGuard = false;
+  const reloadGuard = () => execute(s.steps.filter((x) => x.id === 'guard/netdev').map((x) => ({ ...x, background: false })), rt, []);
   const reattach = async (nic: number): Promise<number[]> => {
     const a = s.attachments[nic]!;
     const tap = (await observe()).links.find((l) => l.name === a.tap);
@@ -84,11 +91,20 @@ export async function adopt(journal: Journal, now: Settings, rt: Runtime): Promi
       // The VMM left and took the tap with it: make it again, as journaled.
       const steps = s.steps.filter((x) => x.id === `nic${nic}/tap-open` || x.id === `nic${nic}/tap-up`);
       await execute(steps, rt, fds);
+      // The redirect path's `fwd to` holds the old tap's ifindex: the
+      // journaled table is loaded again (once every tap exists) so that it
+      // forwards to the new one.
+      if (a.datapath === 'redirect') {
+        if (adopting) staleGuard = true;
+        else await reloadGuard();
+      }
     }
     return fds;
   };
   const fds: number[][] = [];
   for (const a of s.attachments) fds.push(persist ? [] : await reattach(a.nic));
+  adopting = false;
+  if (staleGuard) await reloadGuard();
   journal.own();
   journal.flush();
   rt.log('info', 'adopted the running setup', { journal: journal.path, nics: s.attachments.length, tapsHeldByVmm: fds.filter((f) => !f.length).length });

@@ -14,6 +14,7 @@ import { PodtapError } from '../errors.ts';
 import type { Pod } from '../pod/model.ts';
 import type { Attachment } from '../plan/attachment.ts';
 import { checkStep, type Step } from './actions.ts';
+import { validIfname } from '../net/names.ts';
 import { readStateFile, removeStateFile, writeStateFile } from './statedir.ts';
 
 export const FORMAT = 'podtap-journal/2';
@@ -81,14 +82,39 @@ export function deserialize(text: string, path: string): JournalState {
   if (state.format !== FORMAT) throw refuse(`has format ${JSON.stringify(state.format)}, expected ${FORMAT}`);
   if (!Array.isArray(state.steps) || state.steps.length > 100_000) throw refuse('has no step list');
   if (!['setup', 'ready', 'teardown'].includes(state.phase)) throw refuse(`has an unknown phase ${JSON.stringify(state.phase)}`);
-  for (const s of state.steps) {
-    try {
-      checkStep(s);
-    } catch (e) {
-      throw refuse(`holds a step podtap would never write (${(e as Error).message}), so none of it is acted on`);
-    }
+  try {
+    checkDevices(state);
+    for (const s of state.steps) checkStep(s);
+  } catch (e) {
+    throw refuse(`holds a step podtap would never write (${(e as Error).message}), so none of it is acted on`);
   }
   return state;
+}
+
+/**
+ * podtap creates and deletes only its own devices: every tap opened, bridge
+ * added or link deleted must be a tap or bridge of one of the journal's
+ * attachments, and never a pod interface.
+ */
+function checkDevices(state: JournalState): void {
+  if (!Array.isArray(state.attachments) || state.attachments.length > 64) throw new Error('no attachment list');
+  const pod = new Set<string>();
+  const taps = new Set<string>();
+  const bridges = new Set<string>();
+  for (const a of state.attachments) {
+    for (const n of [a?.interface, a?.tap, ...(a?.bridge !== undefined ? [a.bridge] : [])]) if (typeof n !== 'string' || !validIfname(n)) throw new Error(`bad attachment device ${JSON.stringify(n)}`);
+    pod.add(a.interface);
+    taps.add(a.tap);
+    if (a.bridge) bridges.add(a.bridge);
+  }
+  for (const s of state.steps) {
+    for (const x of [...(s?.do ?? []), ...(s?.undo ?? [])]) {
+      const name = x?.op === 'tap-open' ? x.tap?.name : x?.op === 'bridge-add' || x?.op === 'link-del' ? x.name : undefined;
+      if (name === undefined) continue;
+      const own = x.op === 'tap-open' ? taps.has(name) : x.op === 'bridge-add' ? bridges.has(name) : taps.has(name) || bridges.has(name);
+      if (!own || pod.has(name)) throw new Error(`step ${s.id}: ${x.op} ${JSON.stringify(name)} is not a device of podtap's own`);
+    }
+  }
 }
 
 export class Journal {
@@ -149,7 +175,13 @@ export class Journal {
 
   /** Every byte written and synced, or an exception (set-up then fails and rolls back). */
   flush(): void {
-    writeStateFile(this.path, serialize(this.state));
+    try {
+      writeStateFile(this.path, serialize(this.state));
+    } catch (e) {
+      // A full or read-only state dir is the environment's problem, not a bug.
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new PodtapError('environment', `cannot write the journal ${this.path}: ${(e as Error).message}`, code === 'ENOSPC' || code === 'EDQUOT' ? `free space in the state dir ${this.dir} (or give a larger --state-dir)` : `give a writable --state-dir`, e);
+    }
   }
 
   remove(): void {
@@ -221,7 +253,11 @@ export class Lock {
   /** Removes the file while still holding the lock, then lets go. */
   release(): void {
     if (this.fd < 0) return;
-    removeStateFile(this.path);
+    try {
+      removeStateFile(this.path);
+    } catch {
+      // A read-only state dir: the file stays, and closing still lets go.
+    }
     closeSync(this.fd);
     this.fd = -1;
   }

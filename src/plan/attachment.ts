@@ -162,6 +162,12 @@ export function checkInterface(iface: PodInterface, links: Link[], names: Names,
   for (const [what, name] of wanted) {
     if (links.some((x) => x.name === name))
       throw new PodtapError('conflict', `a link named ${name} already exists, so the ${what} for ${l.name} can't be created`, `remove it, run \`podtap down\` if podtap left it, or choose another name with --${what}`);
+    // The kernel resolves an alternative name like a name: creating the
+    // device would fail, and undoing it (`link del dev NAME`) would delete
+    // the link that carries the alternative name.
+    const owner = links.find((x) => x.altnames?.includes(name));
+    if (owner)
+      throw new PodtapError('conflict', `${name} is an alternative name of ${owner.name}, so the ${what} for ${l.name} can't be created`, `choose another name with --${what}, or remove the alternative name (ip link property del dev ${owner.name} altname ${name})`);
   }
   for (const a of iface.addresses) if (a.family === 'inet6' && parseIpv6(a.local) === undefined) throw new PodtapError('discovery', `${l.name} has an IPv6 address podtap cannot read: ${a.local}`, 'report this as a bug with `podtap inspect` output');
 }

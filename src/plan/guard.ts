@@ -28,8 +28,15 @@ export interface NicGuard {
   vmMac: string;
   antispoof: boolean;
   ipv4: string[]; // sources the guest may use besides DHCP's 0.0.0.0
-  ipv6: string[]; // global sources the guest may use besides link-local and ::
-  /** Link-local addresses that are the router's (podtap's or the gateway's): the guest may not claim them. */
+  ipv6: string[]; // global sources the guest may use besides its link-local ones and ::
+  /**
+   * The guest's own link-local addresses: the one its MAC gives (EUI-64),
+   * and what it claimed first by duplicate address detection (a guest with
+   * stable-privacy addresses), which podtap adds as it sees them
+   * (serve/savi.ts). No other link-local source or claim leaves the guest.
+   */
+  guestLinkLocal: string[];
+  /** Link-local addresses that are the router's (podtap's or the gateway's): never the guest's. */
   reservedLinkLocal: string[];
   /** The router address podtap answers neighbour solicitations for: the guest's solicitations for it stay inside. */
   ndProxy?: string;
@@ -108,16 +115,12 @@ function antispoofRules(g: NicGuard): string[] {
     // MLD reports that go with it, nothing else.
     `ip6 saddr :: meta l4proto != ipv6-icmp counter drop comment "spoofed-ipv6"`,
     `ip6 saddr :: icmpv6 type != { nd-neighbor-solicit, mld-listener-report, mld2-listener-report } counter drop comment "spoofed-ipv6"`,
-    `ip6 saddr != ${set(['::', 'fe80::/64', ...g.ipv6])} counter drop comment "spoofed-ipv6"`,
+    `ip6 saddr != ${set(['::', 'fe80::/10', ...g.ipv6])} counter drop comment "spoofed-ipv6"`,
+    `ip6 saddr fe80::/10 ip6 saddr != ${set(g.guestLinkLocal)} counter drop comment "spoofed-ipv6"`,
     // Neighbour advertisements may claim only the guest's own addresses.
+    `icmpv6 type nd-neighbor-advert @th,64,64 0xfe80000000000000 @th,64,128 != ${set(g.guestLinkLocal.map(hex128))} counter drop comment "spoofed-na"`,
     `icmpv6 type nd-neighbor-advert @th,64,64 != 0xfe80000000000000${g.ipv6.length ? ` @th,64,128 != ${set(g.ipv6.map(hex128))}` : ''} counter drop comment "spoofed-na"`,
   );
-  if (g.reservedLinkLocal.length) {
-    r.push(
-      `ip6 saddr ${set(g.reservedLinkLocal)} counter drop comment "spoofed-ipv6"`,
-      `icmpv6 type nd-neighbor-advert @th,64,128 ${set(g.reservedLinkLocal.map(hex128))} counter drop comment "spoofed-na"`,
-    );
-  }
   return r;
 }
 
@@ -150,9 +153,21 @@ function bridgeTable(t: NftTable): string {
       ...(f.udp.length ? [`oifname ${q(g.tap)} ip saddr ${f.address} udp dport ${set(f.udp.map(String))} accept`] : []),
     ];
   });
+  // Nor does it hear anything: the bridge would pass broadcast and multicast
+  // (and frames for its own MAC) up to the pod's stack, where a service
+  // bound to 0.0.0.0 would answer the guest or the node.
+  const up = t.nics.flatMap((g) => {
+    const f = g.forward;
+    if (!f) return [];
+    return [
+      ...(f.tcp.length ? [`iifname ${q(g.tap)} ip daddr ${f.address} tcp sport ${set(f.tcp.map(String))} accept`] : []),
+      ...(f.udp.length ? [`iifname ${q(g.tap)} ip daddr ${f.address} udp sport ${set(f.udp.map(String))} accept`] : []),
+    ];
+  });
   return [
     chain('prerouting', 'type filter hook prerouting priority dstnat; policy accept;', [`iifname vmap { ${vmap} }`]),
     ...chains,
+    chain('input', 'type filter hook input priority filter; policy accept;', [...up, `iifname ${set(ports)} counter drop comment "bridge-input"`]),
     chain('output', 'type filter hook output priority filter; policy accept;', [...out, `oifname ${set(ports)} counter drop comment "bridge-output"`]),
   ].join('');
 }
@@ -199,6 +214,8 @@ export function validateNftTable(t: NftTable): void {
     const v6 = (a: unknown) => typeof a === 'string' && parseIpv6(a) !== undefined;
     if (!Array.isArray(g.ipv6) || !g.ipv6.every(v6)) bad('IPv6 list', g.ipv6);
     if (!Array.isArray(g.reservedLinkLocal) || !g.reservedLinkLocal.every(v6)) bad('reserved link-local list', g.reservedLinkLocal);
+    const ll = (a: unknown) => v6(a) && /^fe[89ab]/i.test(a as string);
+    if (!Array.isArray(g.guestLinkLocal) || g.guestLinkLocal.length < 1 || g.guestLinkLocal.length > 4 || !g.guestLinkLocal.every(ll)) bad('guest link-local list', g.guestLinkLocal);
     if (g.ndProxy !== undefined && !v6(g.ndProxy)) bad('router address', g.ndProxy);
     if (g.forward !== undefined) {
       const f = g.forward;

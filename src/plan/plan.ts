@@ -9,12 +9,13 @@ import { PodtapError } from '../errors.ts';
 import { formatIpv4, networkOf, parseIpv4 } from '../net/ipv4.ts';
 import { network6 } from '../net/ipv6.ts';
 import type { Address, Link, Pod, PodInterface, Route } from '../pod/model.ts';
-import type { Step } from '../journal/actions.ts';
+import { routeSpec, type Step } from '../journal/actions.ts';
 import { checkInterface, chooseServerId, ipv4Of, ipv6Of, nicNames, primaryNic, type Attachment, type Names } from './attachment.ts';
 import { chooseDatapath, type Datapath, type DatapathSupport } from './datapath/index.ts';
 import { bridgeSteps } from './datapath/bridge.ts';
 import { redirectSteps } from './datapath/redirect.ts';
 import { TABLE, type NicGuard, type NftTable } from './guard.ts';
+import { eui64LinkLocal } from '../serve/frames.ts';
 
 export interface PlanOptions extends Names {
   queues: number;
@@ -115,8 +116,13 @@ function strayPrefixRoutes(a: Address, routes: Route[], dev: string): Route[] {
   return [{ family: a.family, table: 'main', type: 'unicast', dst: net, dev, protocol: 'kernel', ...(v6 ? {} : { scope: 'link' }), ...(metric !== undefined ? { metric } : {}), flags: [] }];
 }
 
-/** The steps that take an interface's layer-3 identity away, recording how to put it back. */
-function stripSteps(iface: PodInterface, p: string): Step[] {
+/**
+ * The steps that take an interface's layer-3 identity away, recording how to
+ * put it back. A multipath route through several pod interfaces is the
+ * first one's to move (`moved` remembers it): once deleted it is gone for
+ * all, and put back after every interface's addresses are.
+ */
+function stripSteps(iface: PodInterface, p: string, moved: Set<string>): Step[] {
   const dev = iface.link.name;
   const steps: Step[] = [];
   // IPv6 address generation off first, so nothing regenerates the link-local
@@ -125,7 +131,12 @@ function stripSteps(iface: PodInterface, p: string): Step[] {
   const mode = iface.link.addrGenMode;
   if (mode && mode !== 'none' && ['eui64', 'stable_secret', 'random'].includes(mode))
     steps.push({ id: `${p}/ipv6-quiet`, do: [{ op: 'link-set', name: dev, addrGenMode: 'none' }], undo: [{ op: 'link-set', name: dev, addrGenMode: mode as 'eui64' }] });
-  routeAddOrder(movableRoutes(iface.routes))
+  routeAddOrder(movableRoutes(iface.routes).filter((r) => {
+    const key = routeSpec(r);
+    if (moved.has(key)) return false;
+    moved.add(key);
+    return true;
+  }))
     .reverse()
     .forEach((route, i) => steps.push({ id: `${p}/route-del/${i}`, do: [{ op: 'route-del', route }], undo: [{ op: 'route-add', route }] }));
   iface.neighbours
@@ -157,6 +168,7 @@ function guardOf(a: Attachment, iface: PodInterface, antispoof: boolean): NicGua
     // guest may configure the others itself.
     ipv4: iface.addresses.filter((x) => x.family === 'inet').map((x) => x.local),
     ipv6: iface.addresses.filter((x) => x.family === 'inet6' && x.scope === 'global').map((x) => x.local),
+    guestLinkLocal: [eui64LinkLocal(a.mac)],
     reservedLinkLocal: reserved,
     // podtap answers for a router address of its own; a link-local gateway
     // answers for itself.
@@ -209,7 +221,8 @@ export function plan(pod: Pod, links: Link[], opts: PlanOptions, gen: (nic: numb
       undo: [{ op: 'link-del', name: a.tap }],
     });
   }
-  pod.interfaces.forEach((iface, nic) => steps.push(...stripSteps(iface, `nic${nic}`)));
+  const moved = new Set<string>();
+  pod.interfaces.forEach((iface, nic) => steps.push(...stripSteps(iface, `nic${nic}`, moved)));
   attachments.forEach((a, nic) => {
     const up = pod.interfaces[nic]!.link.up;
     steps.push(...(a.datapath === 'bridge' ? bridgeSteps(a, up) : redirectSteps(a, up)));

@@ -43,6 +43,7 @@ export function parseLinks(addrShow: Json[]): Observed['links'] {
     mtu: l.mtu,
     up: Array.isArray(l.flags) && l.flags.includes('UP'),
     ...(l.master ? { master: l.master } : {}),
+    ...(Array.isArray(l.altnames) && l.altnames.length ? { altnames: l.altnames } : {}),
     ...(l.txqlen !== undefined ? { txqlen: l.txqlen } : {}),
     ...(l.inet6_addr_gen_mode ? { addrGenMode: l.inet6_addr_gen_mode } : {}),
     ...(l.link ? { parent: l.link } : {}),
@@ -196,7 +197,7 @@ export function chooseInterfaces(links: Link[], addresses: Map<string, Address[]
  */
 export function checkNames(ifaces: PodInterface[]): void {
   for (const i of ifaces) {
-    const names = new Set([i.link.name, ...i.routes.flatMap((r) => [r.dev, ...(r.nexthops ?? []).map((h) => h.dev)])]);
+    const names = new Set([i.link.name, ...i.routes.flatMap((r) => [...(r.dev ? [r.dev] : []), ...(r.nexthops ?? []).map((h) => h.dev)])]);
     for (const n of names) {
       if (!validIfname(n))
         throw new PodtapError('discovery', `the interface name ${JSON.stringify(n)} has characters podtap does not pass to ip or nft`, `rename the interface (CNI config "ifName"); names podtap accepts: ${IFNAME_RULE}`);

@@ -13,6 +13,8 @@ export interface Link {
   mtu: number;
   up: boolean; // administratively up (IFF_UP)
   master?: string;
+  /** Alternative names (`ip link property add altname`): the kernel resolves them like the name. */
+  altnames?: string[];
   txqlen?: number;
   /** IFLA_INET6_ADDR_GEN_MODE: how the kernel makes the IPv6 link-local address ("eui64", "none", ...). */
   addrGenMode?: string;
@@ -49,7 +51,8 @@ export interface Route {
   type: string; // "unicast", "local", "broadcast", "multicast", ...
   dst: string; // "default" or CIDR (a bare address means a host route)
   gateway?: string;
-  dev: string;
+  /** Absent on a multipath route: its next hops name the devices. */
+  dev?: string;
   protocol?: string; // "kernel", "boot", "static", "dhcp", a number...
   scope?: string;
   metric?: number;

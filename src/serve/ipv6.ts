@@ -88,6 +88,8 @@ export interface Ipv6ServerOptions {
   /** The pod interface, to ask the gateway its MAC when discovery did not see it. */
   podPort?: () => Promise<FramePort>;
   leaseSeconds: number;
+  /** The guest probed a link-local address of its own (DAD): bind it in the guard (serve/savi.ts). */
+  onLinkLocalClaim?: (address: string) => void;
   now?: () => number;
 }
 
@@ -184,9 +186,11 @@ export async function startIpv6Server(iface: PodInterface, a: Attachment, dns: D
       arm();
       return;
     }
-    if (icmp.type === ND.NEIGHBOR_SOLICITATION && answersForRouter) {
+    if (icmp.type === ND.NEIGHBOR_SOLICITATION) {
       const ns = parseNeighborSolicitation(f, nd);
-      if (!ns.ok || ns.target !== v6.router || !gatewayMac) return;
+      if (!ns.ok) return;
+      if (ns.dad && isLinkLocal(ns.target)) opts.onLinkLocalClaim?.(ns.target);
+      if (!answersForRouter || ns.target !== v6.router || !gatewayMac) return;
       send(
         // From the gateway's MAC, which the advertisement carries as the
         // router's: the frame goes to the guest only.

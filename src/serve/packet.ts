@@ -21,6 +21,7 @@ export interface FramePort {
 
 // ------------------------------------------------------------- BPF filters
 
+const LDW_ABS = 0x20; // A = u32 at [k]; with k in the ancillary range, a property of the frame
 const LDH_ABS = 0x28; // A = u16 at [k]
 const LDB_ABS = 0x30; // A = u8 at [k]
 const LDH_IND = 0x48; // A = u16 at [X + k]
@@ -52,12 +53,19 @@ function assemble(ops: Op[]): BpfInsn[] {
 
 const ACCEPT = [{ label: 'accept' }, { op: RET, k: 0x40000 }, { label: 'reject' }, { op: RET, k: 0 }];
 
+// SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT: the kernel takes a frame's outer
+// VLAN tag off before packet sockets see it, so a tagged frame's ethertype
+// reads as its payload's; only this flag tells.
+const VLAN_TAG_PRESENT = 0xfffff000 + 48;
+const UNTAGGED = [{ op: LDW_ABS, k: VLAN_TAG_PRESENT }, { op: JEQ, k: 0, f: 'reject' }];
+
 /**
  * A TAP's server traffic: IPv4 UDP to port 67 (not fragments), IPv6 UDP to
  * port 547, ICMPv6 router and neighbour solicitations. VLAN-tagged frames
- * never match: their ethertype is the tag's.
+ * never match: the guest's identity is served untagged only.
  */
 export const SERVER_FILTER: BpfInsn[] = assemble([
+  ...UNTAGGED,
   { op: LDH_ABS, k: 12 },
   { op: JEQ, k: 0x0800, t: 'v4' },
   { op: JEQ, k: 0x86dd, t: 'v6', f: 'reject' },
@@ -65,7 +73,7 @@ export const SERVER_FILTER: BpfInsn[] = assemble([
   { op: LDB_ABS, k: 23 },
   { op: JEQ, k: 17, f: 'reject' },
   { op: LDH_ABS, k: 20 },
-  { op: JSET, k: 0x1fff, t: 'reject' },
+  { op: JSET, k: 0x3fff, t: 'reject' }, // more fragments, or an offset: a fragment
   { op: LDXB_MSH, k: 14 },
   { op: LDH_IND, k: 16 },
   { op: JEQ, k: 67, t: 'accept', f: 'reject' },
@@ -84,6 +92,7 @@ export const SERVER_FILTER: BpfInsn[] = assemble([
 
 /** A pod interface's neighbour advertisements: how podtap learns the IPv6 gateway's MAC. */
 export const ADVERT_FILTER: BpfInsn[] = assemble([
+  ...UNTAGGED,
   { op: LDH_ABS, k: 12 },
   { op: JEQ, k: 0x86dd, f: 'reject' },
   { op: LDB_ABS, k: 20 },
@@ -93,8 +102,11 @@ export const ADVERT_FILTER: BpfInsn[] = assemble([
   ...ACCEPT,
 ]);
 
-/** Runs a filter over a frame as the kernel would; for tests of the filters themselves. */
-export function runFilter(prog: readonly BpfInsn[], frame: Buffer): number {
+/**
+ * Runs a filter over a frame as the kernel would; for tests of the filters
+ * themselves. `vlanTagged`: the kernel had taken an outer tag off the frame.
+ */
+export function runFilter(prog: readonly BpfInsn[], frame: Buffer, meta: { vlanTagged?: boolean } = {}): number {
   let a = 0;
   let x = 0;
   for (let pc = 0; pc < prog.length; pc++) {
@@ -102,6 +114,10 @@ export function runFilter(prog: readonly BpfInsn[], frame: Buffer): number {
     const u8 = (o: number) => (o < frame.length ? frame[o]! : undefined);
     const u16 = (o: number) => (o + 1 < frame.length ? frame.readUInt16BE(o) : undefined);
     switch (op) {
+      case LDW_ABS:
+        if (k !== VLAN_TAG_PRESENT) throw new Error(`bpf: unmodelled load at ${k}`);
+        a = meta.vlanTagged ? 1 : 0;
+        break;
       case LDH_ABS:
       case LDH_IND: {
         const v = u16(op === LDH_IND ? x + k : k);

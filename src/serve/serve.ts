@@ -155,6 +155,8 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
       const { startDhcpServer } = await import('./dhcp4/server.ts');
       const { startIpv6Server } = await import('./ipv6.ts');
       const { openDevicePort, SERVER_FILTER, ADVERT_FILTER } = await import('./packet.ts');
+      const { linkLocalBinder } = await import('./savi.ts');
+      const binder = linkLocalBinder(session.journal, log);
       const served: Record<string, unknown>[] = [];
       for (const a of nics) {
         const iface = session.pod.interfaces[a.nic]!;
@@ -182,6 +184,7 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
             port: port.sub(),
             podPort: () => openDevicePort(a.interface, ADVERT_FILTER),
             leaseSeconds: opts.leaseTime,
+            onLinkLocalClaim: (address) => void binder.claim(a.nic, address),
           });
           closers.push(() => server.close());
           ipv6.set(a.nic, server);

@@ -281,6 +281,11 @@ FN(PacketOpen) {
   addr.sll_family = AF_PACKET;
   addr.sll_protocol = htons((uint16_t)protocol);
   addr.sll_ifindex = ifindex;
+  /* Room for a burst: a guest (or perfdhcp) can send faster than one event
+     loop turn reads. FORCE goes past rmem_max with CAP_NET_ADMIN. */
+  int rcvbuf = 4 << 20;
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf) < 0)
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
   if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0 ||
       /* Our own replies on the device are not requests. Old kernels lack
          the option; the watcher skips outgoing frames either way. */

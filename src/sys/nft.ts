@@ -24,6 +24,7 @@ function probeTable(family: NftTable['family']): string {
         antispoof: true,
         ipv4: ['192.0.2.1'],
         ipv6: ['2001:db8::1'],
+        guestLinkLocal: ['fe80::2'],
         reservedLinkLocal: ['fe80::1'],
         ndProxy: 'fe80::1',
       },

@@ -34,7 +34,7 @@ interface Candidate {
 }
 
 function describe(r: Route): string {
-  return `${r.dst}${r.gateway ? ` via ${r.gateway}` : ''} dev ${r.dev}${r.table !== 'main' ? ` table ${r.table}` : ''}`;
+  return `${r.dst}${r.gateway ? ` via ${r.gateway}` : ''} dev ${r.dev ?? 'multipath'}${r.table !== 'main' ? ` table ${r.table}` : ''}`;
 }
 
 /**

@@ -86,7 +86,9 @@ export function dhcp6ConfigFrom(
       // IPv4 nameservers go out by DHCPv4; option 23 only holds IPv6.
       if (v !== undefined) dnsServers.push(formatIpv6(v));
     }
-    for (const d of identity.dns.search) {
+    // The search list (option 24) only with an IPv6 nameserver, as in the
+    // RA (nd/ra.ts): without one it belongs with DHCPv4's nameservers.
+    for (const d of dnsServers.length > 0 ? identity.dns.search : []) {
       const why = checkDomainName(d);
       if (why) warnings.push(`search domain ${JSON.stringify(d)} cannot be encoded (${why}); skipped`);
       else search.push(d.endsWith('.') ? d.slice(0, -1) : d);

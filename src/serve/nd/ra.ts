@@ -213,9 +213,13 @@ export function raConfigFrom(identity: Ipv6Identity, opts: RaOptions = {}): { co
   if (mtu >= IPV6_MIN_MTU) config.mtu = mtu;
   else warnings.push(`MTU ${mtu} is below IPv6's minimum of ${IPV6_MIN_MTU}; no MTU option is sent`);
 
-  if (identity.dns) {
-    const servers = identity.dns.servers.filter((s) => parseIpv6(s) !== undefined).map((s) => formatIpv6(parseIpv6(s)!));
-    if (servers.length > 0) config.rdnss = { servers, lifetime };
+  // DNS over IPv6 only where the pod has an IPv6 nameserver. A search list
+  // alone (the pod's nameservers all IPv4) would tell a guest configured by
+  // RA a search path with no resolver to use it; a dual-stack guest gets
+  // that list with the IPv4 nameservers by DHCPv4 already.
+  const servers = (identity.dns?.servers ?? []).filter((s) => parseIpv6(s) !== undefined).map((s) => formatIpv6(parseIpv6(s)!));
+  if (identity.dns && servers.length > 0) {
+    config.rdnss = { servers, lifetime };
     const domains: string[] = [];
     for (const d of identity.dns.search) {
       const why = checkDomainName(d);

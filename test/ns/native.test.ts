@@ -3,7 +3,7 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -21,6 +21,7 @@ import {
   dup2,
   dupFd,
   getCloexec,
+  openPacketSocket,
   openTap,
   recvFds,
   recvFdsNow,
@@ -31,8 +32,13 @@ import {
   socketFdOf,
   socketPair,
   tapInfo,
+  tryLockExclusive,
+  unlock,
   whenReadable,
+  type BpfInsn,
 } from '../../src/sys/native.ts';
+import { SERVER_FILTER, runFilter } from '../../src/serve/packet.ts';
+import { udp4Frame } from '../../src/serve/frames.ts';
 import { NODE, REPO, createNetns, deleteNetns, inNetns, ipIn, linkIn } from '../helpers/handoff-netns.ts';
 
 const NATIVE_URL = pathToFileURL(path.join(REPO, 'src/sys/native.ts')).href;
@@ -353,5 +359,106 @@ describe('SCM_RIGHTS', () => {
     } finally {
       closeAllQuietly([a, b]);
     }
+  });
+});
+
+describe('tryLockExclusive', () => {
+  // A child that takes the lock, says what it got, and holds it until killed.
+  const HOLDER = `
+    import { openSync } from 'node:fs';
+    import { tryLockExclusive } from ${JSON.stringify(NATIVE_URL)};
+    const fd = openSync(process.argv[1], 'r+');
+    console.log(String(tryLockExclusive(fd)));
+    setInterval(() => {}, 1000);
+  `;
+  const TRY = `
+    import { openSync } from 'node:fs';
+    import { tryLockExclusive } from ${JSON.stringify(NATIVE_URL)};
+    console.log(String(tryLockExclusive(openSync(process.argv[1], 'r+'))));
+  `;
+  const tryIn = (file: string) => {
+    const r = spawnSync(NODE, ['--input-type=module', '-e', TRY, file], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    return r.stdout.trim();
+  };
+
+  it('lets one process hold the lock; another gets false until the holder lets go or dies', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'ph-lock-'));
+    const file = path.join(dir, 'lock');
+    writeFileSync(file, '');
+    const holder = spawn(NODE, ['--input-type=module', '-e', HOLDER, file], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const exited = new Promise<void>((resolve) => holder.on('exit', () => resolve()));
+    const fd = openSync(file, 'r+');
+    try {
+      const said = await new Promise<string>((resolve) => holder.stdout!.once('data', (d: Buffer) => resolve(d.toString().trim())));
+      expect(said).toBe('true');
+      expect(tryLockExclusive(fd)).toBe(false);
+      expect(tryIn(file)).toBe('false');
+      // The kernel lets go of a dead holder's lock, however it died.
+      holder.kill('SIGKILL');
+      await exited;
+      expect(tryLockExclusive(fd)).toBe(true);
+      expect(tryLockExclusive(fd)).toBe(true); // taking it again on the same open file is no conflict
+      expect(tryIn(file)).toBe('false');
+      unlock(fd);
+      expect(tryIn(file)).toBe('true');
+    } finally {
+      holder.kill('SIGKILL');
+      closeSync(fd);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('openPacketSocket', () => {
+  const A_MAC = '02:00:00:00:aa:01';
+  const dhcp = udp4Frame({ srcMac: A_MAC, dstMac: 'ff:ff:ff:ff:ff:ff', src: '0.0.0.0', dst: '255.255.255.255', srcPort: 68, dstPort: 67, payload: Buffer.alloc(300, 1) });
+  const dns = udp4Frame({ srcMac: A_MAC, dstMac: 'ff:ff:ff:ff:ff:ff', src: '10.0.0.5', dst: '10.0.0.255', srcPort: 5353, dstPort: 53, payload: Buffer.alloc(40, 2) });
+  const NOTHING: BpfInsn[] = [[0x06, 0, 0, 0]]; // ret 0: the sending side wants no frame
+
+  beforeAll(() => {
+    // Address generation off: the pair must say nothing of its own (no DAD, RS, MLD).
+    ipIn(ns, ['link', 'add', 'phpa0', 'type', 'veth', 'peer', 'name', 'phpb0']);
+    for (const dev of ['phpa0', 'phpb0']) ipIn(ns, ['link', 'set', 'dev', dev, 'addrgenmode', 'none']);
+    for (const dev of ['phpa0', 'phpb0']) ipIn(ns, ['link', 'set', 'dev', dev, 'up']);
+  });
+
+  it('sees a frame sent to its device that passes the filter, and not one that does not', async () => {
+    const rx = inNetns(ns, () => openPacketSocket('phpb0', SERVER_FILTER));
+    const tx = inNetns(ns, () => openPacketSocket('phpa0', NOTHING));
+    const got: Buffer[] = [];
+    try {
+      expect(rx.ifname).toBe('phpb0');
+      rx.watch((f) => got.push(f));
+      // Until the kernel has activated the new link's queue (linkwatch, up
+      // to a second after "up") it drops what is sent: send until it passes.
+      const deadline = Date.now() + 5000;
+      while (!got.some((f) => f.equals(dhcp)) && Date.now() < deadline) {
+        tx.send(dns);
+        tx.send(dhcp);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      tx.send(dns);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(got.some((f) => f.equals(dhcp))).toBe(true);
+      expect(got.some((f) => f.equals(dns))).toBe(false);
+      for (const f of got) expect(runFilter(SERVER_FILTER, f)).not.toBe(0);
+      // The sending side saw nothing: its filter takes no frame, and its own sends are not "received".
+    } finally {
+      rx.close();
+      tx.close();
+    }
+    expect(() => rx.send(dhcp)).toThrow(/closed/);
+  });
+
+  it('refuses a device that does not exist, here or at all, instead of binding to every device', () => {
+    for (const name of ['phnope0', '']) {
+      const err = catchErr(() => inNetns(ns, () => openPacketSocket(name, SERVER_FILTER))) as SyscallError;
+      expect(err).toBeInstanceOf(SyscallError);
+      expect(err.code).toBe('ENODEV');
+      expect(err.message).toContain(`open a packet socket on ${name}`);
+    }
+    // phpa0 exists only in the test's namespace, not in this one.
+    expect((catchErr(() => openPacketSocket('phpa0', SERVER_FILTER)) as SyscallError).code).toBe('ENODEV');
   });
 });
