@@ -1,118 +1,241 @@
-// The three real DHCP clients, run inside the VM's namespace with scripts
-// that print every variable they are handed. udhcpc and dhclient leave
-// configuring the interface to their script, so ours also applies the
-// address and the classless routes (a renewing client needs an address and
-// a route to unicast from); dhcpcd configures the interface itself. Every
-// file a client writes lives in the test's temp directory: dhcpcd, whose
-// state paths are compiled in, runs in a private mount namespace with temp
-// directories bound over /run and /var/lib/dhcpcd.
+// The three real DHCP clients (busybox udhcpc, ISC dhclient, dhcpcd) in a
+// guest namespace behind the real podtap (test/helpers/guest-ns.ts), each
+// with the scripts a guest distribution would run, contained:
+//
+//   dhclient  the real /sbin/dhclient-script with its enter and exit hooks
+//             (rfc3442-classless-routes, timesyncd, debug)
+//   dhcpcd    the real dhcpcd-run-hooks (20-resolv.conf, 30-hostname, the
+//             NTP hooks)
+//   udhcpc    busybox ships no script on Debian; ours does what the usual
+//             default.script does: address, MTU, routes, resolv.conf,
+//             hostname
+//
+// Each script is wrapped so that, after the real one has run, it prints the
+// event, every variable it was handed, and the guest's hostname afterwards,
+// between "EVENT x" and "END x" (events() reads that back).
+//
+// What the scripts would do to the machine, and how it is kept in the guest:
+//   - /etc/resolv.conf: dhclient-script writes a temporary file *next to it*
+//     (/etc/resolv.conf.dhclient-new.PID) and copies it over; dhcpcd's hook
+//     writes it in place. `ip netns exec` only bind-mounts the file, so the
+//     temporary file would land in the machine's /etc. Each client runs in a
+//     private mount namespace with an overlay over /etc whose upper layer is
+//     a scratch directory: every write to /etc lands there (the test reads
+//     the guest's resolv.conf from it) and the machine's /etc is untouched.
+//   - the hostname: set with `hostname` or /proc/sys/kernel/hostname, both
+//     per UTS namespace; guest-ns gives every command its own, and the
+//     wrapper sets it to "localhost" first, which is what makes both scripts
+//     set the one from DHCP.
+//   - /run: the timesyncd hooks write /run/systemd/timesyncd.conf.d and call
+//     systemctl when /run/systemd/system exists; dhcpcd keeps its pid file,
+//     control socket and resolv.conf pieces under /run/dhcpcd. A tmpfs over
+//     /run hides the machine's (so no systemctl) and takes those files.
+//   - leases: dhclient gets -lf/-pf in the scratch directory; tmpfs over
+//     /var/lib/dhcp and /var/lib/dhcpcd takes anything else.
 
+import { execa } from 'execa';
 import { execFileSync } from 'node:child_process';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { mkdir } from 'node:fs/promises';
-import type { Proc, Topology } from './dhcp-netns.ts';
+import { HELPER_MARK, killPid, processStartTime, type Cleanup } from './netns.ts';
+import type { GuestNs } from './guest-ns.ts';
 
 export type ClientName = 'udhcpc' | 'dhclient' | 'dhcpcd';
+export const CLIENTS: readonly ClientName[] = ['udhcpc', 'dhclient', 'dhcpcd'];
 
+/** Prints the event and what the script was given, then the state the script left. */
+const REPORT = `report() {
+  echo "EVENT $1"
+  env | grep -v -E '^(PATH|PWD|SHLVL|_|HOME|TERM|LANG|${HELPER_MARK})=' | sort | sed 's/^/  /'
+  echo "  GUEST_HOSTNAME=$(hostname)"
+  echo "END $1"
+}
+`;
+
+// udhcpc leaves all configuring to its script.
 const UDHCPC_SCRIPT = `#!/bin/sh
+${REPORT}
 ev=$1
-echo "EVENT $ev"
-env | grep -v -E '^(PATH|PWD|SHLVL|_)=' | sort | sed 's/^/  /'
 case "$ev" in
-  deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+  deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set "$interface" up ;;
   bound|renew)
     ip addr replace "$ip/$mask" dev "$interface" \${broadcast:+broadcast $broadcast}
-    set -- $staticroutes
-    while [ $# -ge 2 ]; do
-      if [ "$2" = 0.0.0.0 ]; then ip route replace "$1" dev "$interface" scope link
-      else ip route replace "$1" via "$2" dev "$interface"; fi
-      shift 2
-    done ;;
-esac
-echo "END $ev"
-exit 0
-`;
-
-// dhclient hands option 121 over as decimal bytes; the loop turns each
-// route back into "dst/width" and a router.
-const DHCLIENT_SCRIPT = `#!/bin/sh
-echo "EVENT $reason"
-env | grep -E '^(new_|reason=|interface=)' | sort | sed 's/^/  /'
-case "$reason" in
-  PREINIT) ip link set "$interface" up ;;
-  BOUND|RENEW|REBIND|REBOOT)
-    ip addr replace "$new_ip_address/$new_subnet_mask" dev "$interface" \${new_broadcast_address:+broadcast $new_broadcast_address}
-    set -- $new_rfc3442_classless_static_routes
-    while [ $# -gt 0 ]; do
-      w=$1; shift; n=$(( (w + 7) / 8 )); d=""; i=0
-      while [ $i -lt 4 ]; do
-        if [ $i -lt $n ]; then d="$d\${d:+.}$1"; shift; else d="$d\${d:+.}0"; fi
-        i=$((i + 1))
+    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+    if [ -n "$staticroutes" ]; then
+      set -- $staticroutes
+      while [ $# -ge 2 ]; do
+        if [ "$2" = 0.0.0.0 ]; then ip route replace "$1" dev "$interface" scope link
+        else ip route replace "$1" via "$2" dev "$interface"; fi
+        shift 2
       done
-      g="$1.$2.$3.$4"; shift 4
-      if [ "$g" = 0.0.0.0 ]; then ip route replace "$d/$w" dev "$interface" scope link
-      else ip route replace "$d/$w" via "$g" dev "$interface"; fi
-    done ;;
+    else
+      for gw in $router; do ip route replace default via "$gw" dev "$interface"; done
+    fi
+    {
+      [ -n "$search" ] && echo "search $search" || { [ -n "$domain" ] && echo "search $domain"; }
+      for ns in $dns; do echo "nameserver $ns"; done
+    } > /etc/resolv.conf
+    [ -n "$hostname" ] && hostname "$hostname" ;;
 esac
-echo "END $reason"
-exit 0
+report "$ev"
 `;
 
+const DHCLIENT_WRAPPER = `#!/bin/sh
+${REPORT}
+/sbin/dhclient-script "$@"
+rc=$?
+report "$reason"
+exit $rc
+`;
+
+const DHCPCD_WRAPPER = `#!/bin/sh
+${REPORT}
+/usr/lib/dhcpcd/dhcpcd-run-hooks "$@"
+rc=$?
+report "$reason"
+exit $rc
+`;
+
+// dhclient hands option 121 to its script as decimal bytes only when the
+// option is declared.
 const DHCLIENT_CONF = `option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;
-option ms-classless-static-routes code 249 = array of unsigned integer 8;
 request subnet-mask, broadcast-address, routers, domain-name-servers, domain-name,
   domain-search, host-name, interface-mtu, rfc3442-classless-static-routes,
   dhcp-lease-time, dhcp-renewal-time, dhcp-rebinding-time;
 `;
 
-const DHCPCD_SCRIPT = `#!/bin/sh
-echo "EVENT $reason"
-env | grep -E '^(new_|reason=|interface=|protocol=)' | sort | sed 's/^/  /'
-echo "END $reason"
-exit 0
-`;
-
 const DHCPCD_CONF = `ipv4only
 noarp
 noipv4ll
-noipv6rs
-nohook resolv.conf, hostname, ntp
 option subnet_mask, routers, domain_name_servers, domain_name, domain_search, host_name, interface_mtu, broadcast_address, classless_static_routes
 `;
 
+/**
+ * Runs "$@" in a private mount namespace with /etc overlaid (upper layer
+ * $1/etc-upper) and /run, /var/lib/dhcp, /var/lib/dhcpcd on tmpfs, after
+ * naming the guest "localhost" in its own UTS namespace.
+ */
+const CONTAIN = `set -e
+dir=$1; shift
+hostname localhost
+exec unshare --mount --propagation private -- sh -c '
+  set -e
+  dir=$1; shift
+  mount -t overlay overlay -o lowerdir=/etc,upperdir=$dir/etc-upper,workdir=$dir/etc-work /etc
+  mount -t tmpfs tmpfs /run
+  for d in /var/lib/dhcp /var/lib/dhcpcd; do [ -d $d ] && mount -t tmpfs tmpfs $d; done
+  exec "$@"
+' contain "$dir" "$@"
+`;
+
 export interface ClientOptions {
-  args?: string[]; // extra arguments (udhcpc only)
-  leases?: string; // a dhclient lease file to start from, as after a reboot
+  /** Extra arguments (udhcpc: e.g. -n -t 3). */
+  args?: string[];
+  /** A dhclient lease file to start from, as after a reboot. */
+  leases?: string;
 }
 
-/** Starts a client on the VM's eth0. */
-export async function startClient(t: Topology, name: ClientName, opts: ClientOptions = {}): Promise<Proc> {
-  const extra = opts.args ?? [];
-  const dir = join(t.dir, name);
-  await mkdir(dir, { recursive: true });
+/** A client started in the guest; output is stdout and stderr together. */
+export interface ClientProc {
+  readonly name: ClientName;
+  /** Where its contained files live; `${dir}/etc-upper` holds whatever it wrote to /etc. */
+  readonly dir: string;
+  out(): string;
+  /** Resolves when `test` holds for the output; rejects on exit or timeout. */
+  waitFor(test: (out: string) => boolean, ms: number, what: string): Promise<void>;
+  /** The exit status once it has exited by itself. */
+  exited: Promise<number>;
+  /** SIGTERM, then SIGKILL; resolves once it has gone. */
+  stop(): Promise<void>;
+}
+
+let serial = 0;
+
+/** Starts `name` on the guest's eth0; `scratch` is a directory of the test's own. */
+export async function startClient(g: GuestNs, name: ClientName, scratch: string, cleanup: Cleanup, opts: ClientOptions = {}): Promise<ClientProc> {
+  const dir = join(scratch, `${name}-${++serial}`);
+  await mkdir(join(dir, 'etc-upper'), { recursive: true });
+  await mkdir(join(dir, 'etc-work'), { recursive: true });
+  const file = async (base: string, text: string, mode = 0o644) => {
+    const p = join(dir, base);
+    await writeFile(p, text, { mode });
+    return p;
+  };
+  let argv: string[];
   switch (name) {
-    case 'udhcpc': {
-      const script = await t.file(`${name}/script.sh`, UDHCPC_SCRIPT, 0o755);
-      return t.spawn(name, t.vm, ['busybox', 'udhcpc', '-f', '-i', 'eth0', '-s', script, '-O', 'staticroutes', '-O', 'search', '-O', 'mtu', ...extra]);
-    }
-    case 'dhclient': {
-      const script = await t.file(`${name}/script.sh`, DHCLIENT_SCRIPT, 0o755);
-      const conf = await t.file(`${name}/dhclient.conf`, DHCLIENT_CONF);
-      if (opts.leases !== undefined) await t.file(`${name}/leases`, opts.leases);
-      return t.spawn(name, t.vm, [
-        'dhclient', '-d', '-v', '-4', '-cf', conf, '-sf', script, '-lf', join(dir, 'leases'), '-pf', join(dir, 'pid'), 'eth0',
-      ]);
-    }
-    case 'dhcpcd': {
-      const script = await t.file(`${name}/script.sh`, DHCPCD_SCRIPT, 0o755);
-      const conf = await t.file(`${name}/dhcpcd.conf`, DHCPCD_CONF);
-      const run = join(dir, 'run');
-      const db = join(dir, 'db');
-      await mkdir(run);
-      await mkdir(db);
-      const inner = `mount --make-rprivate / && mount --bind ${run} /run && mount --bind ${db} /var/lib/dhcpcd && exec dhcpcd -B -d -f ${conf} -c ${script} eth0`;
-      return t.spawn(name, t.vm, ['unshare', '-m', 'sh', '-c', inner]);
-    }
+    case 'udhcpc':
+      argv = ['busybox', 'udhcpc', '-f', '-i', 'eth0', '-s', await file('script', UDHCPC_SCRIPT, 0o755), '-O', 'staticroutes', '-O', 'search', '-O', 'mtu', ...(opts.args ?? [])];
+      break;
+    case 'dhclient':
+      if (opts.leases !== undefined) await file('leases', opts.leases);
+      argv = ['dhclient', '-d', '-v', '-4', '-cf', await file('dhclient.conf', DHCLIENT_CONF), '-sf', await file('script', DHCLIENT_WRAPPER, 0o755), '-lf', join(dir, 'leases'), '-pf', join(dir, 'pid'), 'eth0'];
+      break;
+    case 'dhcpcd':
+      argv = ['dhcpcd', '-B', '-d', '-f', await file('dhcpcd.conf', DHCPCD_CONF), '-c', await file('script', DHCPCD_WRAPPER, 0o755), 'eth0'];
+      break;
+  }
+  const [file0, ...args] = g.argv(['sh', '-c', CONTAIN, 'contain', dir, ...argv]);
+  const proc = execa(file0!, args, {
+    reject: false,
+    stdin: 'ignore',
+    all: true,
+    env: { [HELPER_MARK]: '1', PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' },
+    extendEnv: false,
+  });
+  const pid = proc.pid!;
+  const start = processStartTime(pid);
+  const unregister = cleanup.pid(pid);
+  let out = '';
+  let code: number | undefined;
+  const waiters = new Set<() => void>();
+  proc.all?.on('data', (d: Buffer) => {
+    out += d.toString();
+    for (const w of [...waiters]) w();
+  });
+  const exited = proc.then((r) => {
+    code = r.exitCode ?? 128;
+    unregister();
+    for (const w of [...waiters]) w();
+    return code;
+  });
+  return {
+    name,
+    dir,
+    out: () => out,
+    exited,
+    waitFor(test, ms, what) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          if (test(out)) finish();
+          else if (code !== undefined) finish(new Error(`${name} exited (${code}) before ${what}; output:\n${out.slice(-6000)}`));
+        };
+        const finish = (err?: Error) => {
+          clearTimeout(timer);
+          waiters.delete(check);
+          if (err) reject(err);
+          else resolve();
+        };
+        const timer = setTimeout(() => finish(new Error(`no ${what} from ${name} within ${ms} ms; output:\n${out.slice(-6000)}`)), ms);
+        waiters.add(check);
+        check();
+      });
+    },
+    async stop() {
+      await killPid(pid, start, 5000);
+      await exited;
+    },
+  };
+}
+
+/** What the client wrote to the guest's /etc/resolv.conf, if anything. */
+export async function writtenResolvConf(c: ClientProc): Promise<string | undefined> {
+  try {
+    return await readFile(join(c.dir, 'etc-upper', 'resolv.conf'), 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
   }
 }
 
@@ -121,12 +244,12 @@ export interface ClientEvent {
   vars: Record<string, string>;
 }
 
-/** The complete "EVENT x" ... "END x" blocks our scripts print, with their variables. */
+/** The complete "EVENT x" ... "END x" blocks the scripts print, with their variables. */
 export function events(out: string): ClientEvent[] {
   const list: ClientEvent[] = [];
   let open: ClientEvent | undefined;
   for (const line of out.split('\n')) {
-    const ev = /^EVENT (\S+)/.exec(line);
+    const ev = /^EVENT (\S+)$/.exec(line);
     if (ev) {
       open = { event: ev[1]!, vars: {} };
       continue;
@@ -190,6 +313,7 @@ function byteRoutes(s: string | undefined): { dst: string; gateway: string }[] {
 
 const num = (s: string | undefined) => (s === undefined ? undefined : Number(s));
 const strip = (o: Reported): Reported => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as unknown as Reported;
+const undot = (s: string) => s.replace(/\.$/, '');
 
 export function reported(client: ClientName, v: Record<string, string>): Reported {
   switch (client) {
@@ -216,7 +340,7 @@ export function reported(client: ClientName, v: Record<string, string>): Reporte
         router: v.new_routers,
         dns: words(v.new_domain_name_servers),
         domain: v.new_domain_name,
-        search: words(v.new_domain_search).map((s) => s.replace(/\.$/, '')),
+        search: words(v.new_domain_search).map(undot),
         hostname: v.new_host_name,
         mtu: num(v.new_interface_mtu),
         broadcast: v.new_broadcast_address,
@@ -245,19 +369,18 @@ export function reported(client: ClientName, v: Record<string, string>): Reporte
 export const BOUND_EVENT: Record<ClientName, string> = { udhcpc: 'bound', dhclient: 'BOUND', dhcpcd: 'BOUND' };
 export const RENEW_EVENT: Record<ClientName, string> = { udhcpc: 'renew', dhclient: 'RENEW', dhcpcd: 'RENEW' };
 
-/** Whether a tool is installed (test/install.sh installs them all; this only makes a missing one explicit). */
-export function have(cmd: string, args: string[]): boolean {
-  try {
-    execFileSync(cmd, args, { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-export function hasUdhcpc(): boolean {
-  try {
-    return execFileSync('busybox', ['--list'], { encoding: 'utf8' }).split('\n').includes('udhcpc');
-  } catch {
-    return false;
-  }
+/** Clients whose binary is missing (test/install.sh installs them all). */
+export function missingClients(): ClientName[] {
+  const have = (cmd: string, args: string[], test: (out: string) => boolean = () => true): boolean => {
+    try {
+      return test(execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
+    } catch {
+      return false;
+    }
+  };
+  const missing: ClientName[] = [];
+  if (!have('busybox', ['--list'], (o) => o.split('\n').includes('udhcpc'))) missing.push('udhcpc');
+  if (!have('dhclient', ['--version'])) missing.push('dhclient');
+  if (!have('dhcpcd', ['--version'])) missing.push('dhcpcd');
+  return missing;
 }

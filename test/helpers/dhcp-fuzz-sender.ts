@@ -1,11 +1,12 @@
-// Runs inside the stand-in VM's namespace (`ip netns exec <vm> node
-// dhcp-fuzz-sender.ts '<json config>'`) and sends the seeded hostile
-// datagrams of dhcp-mutate.ts to the DHCP server's real socket, paced at a
-// fixed rate: broadcast to 255.255.255.255:67 and unicast to the server
-// identifier. The socket is bound to the VM veth's address, which is what
-// makes a limited broadcast leave through that veth (dgram has no
-// SO_BINDTODEVICE; the kernel sends a limited broadcast out of the device
-// that owns its source address).
+// Runs inside a guest namespace behind podtap (`ip netns exec <guest> node
+// dhcp-fuzz-sender.ts '<json config>'`, see test/helpers/guest-ns.ts) and
+// sends the seeded hostile datagrams of dhcp-mutate.ts to podtap's DHCP
+// server, paced at a fixed rate: broadcast to 255.255.255.255:67 and unicast
+// to the server identifier (which the guest's routes send to the pod's
+// gateway; podtap takes it off its TAP). The socket is bound to the address
+// the guest got from podtap, which is what makes a limited broadcast leave
+// through the guest's eth0 (dgram has no SO_BINDTODEVICE; the kernel sends a
+// limited broadcast out of the device that owns its source address).
 //
 // With `listen`, it also owns UDP port 68 (unicast on the bound address,
 // broadcast on the wildcard) and counts the server's replies; `probeEvery`
