@@ -28,7 +28,7 @@ export async function guardCounters(families: ('bridge' | 'netdev')[]): Promise<
     for (const item of doc.nftables ?? []) {
       const rule = item.rule as { chain?: string; comment?: string; expr?: Json[] } | undefined;
       if (!rule?.comment || !rule.chain) continue;
-      const m = /^(vm|pod)(\d+)$/.exec(rule.chain);
+      const m = /^(vm|pod)(\d+)(?:_(?:ip6?|arp))?$/.exec(rule.chain);
       if (!m) continue;
       const counter = rule.expr?.find((e) => 'counter' in e)?.counter as { packets?: number } | undefined;
       if (!counter?.packets) continue;

@@ -26,12 +26,27 @@ function tableOf(family: NftTable['family'], ...nics: NicGuard[]): NftTable {
   return { family, name: TABLE, nics: nics.map((g) => (family === 'bridge' ? { bridge: `br${g.nic}`, ...g } : g)) };
 }
 
-function chains(family: NftTable['family'], g: NicGuard): { vm: Chain; pod: Chain } {
-  const s = parseNftScript(renderTable(tableOf(family, g)));
-  return { vm: chainOf(s, `vm${g.nic}`), pod: chainOf(s, `pod${g.nic}`) };
+/** A direction's chains: the dispatching one and one per protocol. */
+interface Direction {
+  main: Chain;
+  ip: Chain;
+  arp: Chain;
+  ip6: Chain;
+  /** Every rule of the direction, dispatching chain first. */
+  rules: string[];
 }
 
-/** The filtering rules of the chain, without the redirect path's final `fwd`. */
+function direction(s: ReturnType<typeof parseNftScript>, name: string): Direction {
+  const [main, ip, arp, ip6] = [name, `${name}_ip`, `${name}_arp`, `${name}_ip6`].map((n) => chainOf(s, n)) as [Chain, Chain, Chain, Chain];
+  return { main, ip, arp, ip6, rules: [main, ip, arp, ip6].flatMap((c) => c.rules) };
+}
+
+function chains(family: NftTable['family'], g: NicGuard): { vm: Direction; pod: Direction } {
+  const s = parseNftScript(renderTable(tableOf(family, g)));
+  return { vm: direction(s, `vm${g.nic}`), pod: direction(s, `pod${g.nic}`) };
+}
+
+/** The filtering rules of a chain, without the redirect path's final `fwd`. */
 const filters = (c: Chain) => c.rules.filter((r) => !r.startsWith('fwd to '));
 
 const hex = (s: string) => `0x${s}`;
@@ -41,49 +56,54 @@ const LLGW_HEX = hex('fe80000000000000eceeeefffeeeeeee');
 
 for (const family of FAMILIES) {
   describe(`guard, ${family} family: frames from the guest`, () => {
-    it('lets only untagged IPv4, ARP and IPv6 through, before anything else', () => {
+    it('lets only untagged IPv4, ARP and IPv6 through: a verdict map by ethertype, everything else dropped', () => {
       for (const g of [DUAL, V4, L2, { ...DUAL, antispoof: false }]) {
-        expect(chains(family, g).vm.rules[0]).toBe('ether type != { ip, arp, ip6 } counter drop comment "not-ip"');
+        const { vm } = chains(family, g);
+        expect(vm.main.rules.slice(-2)).toEqual([`ether type vmap { ip : goto vm0_ip, arp : goto vm0_arp, ip6 : goto vm0_ip6 }`, 'counter drop comment "not-ip"']);
       }
     });
 
-    it('drops a source MAC other than the VM\'s, right after the ethertype check (antispoof only)', () => {
-      expect(chains(family, DUAL).vm.rules[1]).toBe(`ether saddr != ${VM_MAC} counter drop comment "spoofed-mac"`);
+    it('drops a source MAC other than the VM\'s first of all (antispoof only)', () => {
+      expect(chains(family, DUAL).vm.main.rules[0]).toBe(`ether saddr != ${VM_MAC} counter drop comment "spoofed-mac"`);
       expect(chains(family, { ...DUAL, antispoof: false }).vm.rules.some((r) => r.includes('ether saddr'))).toBe(false);
     });
 
     it('limits broadcast and multicast floods, with or without antispoof', () => {
       const flood = `meta pkttype { broadcast, multicast } limit rate over ${FLOOD_LIMIT.rate}/second burst ${FLOOD_LIMIT.burst} packets counter drop comment "flood"`;
-      expect(chains(family, DUAL).vm.rules).toContain(flood);
-      expect(chains(family, { ...DUAL, antispoof: false }).vm.rules).toContain(flood);
+      expect(chains(family, DUAL).vm.main.rules).toContain(flood);
+      expect(chains(family, { ...DUAL, antispoof: false }).vm.main.rules).toContain(flood);
     });
 
     it('keeps the guest\'s DHCP requests and router solicitations inside (podtap\'s packet socket has them)', () => {
       for (const g of [DUAL, { ...V4, antispoof: false }]) {
         const { vm } = chains(family, g);
-        expect(vm.rules).toContain('udp dport { 67, 547 } drop');
-        expect(vm.rules).toContain('icmpv6 type nd-router-solicit drop');
+        expect(vm.ip.rules).toContain('udp dport 67 drop');
+        expect(vm.ip6.rules).toContain('udp dport 547 drop');
+        expect(vm.ip6.rules).toContain('icmpv6 type nd-router-solicit drop');
       }
     });
 
     it('drops DHCP and DHCPv6 server messages from the guest', () => {
-      for (const g of [DUAL, { ...DUAL, antispoof: false }]) expect(chains(family, g).vm.rules).toContain('udp sport { 67, 547 } counter drop comment "dhcp-server"');
+      for (const g of [DUAL, { ...DUAL, antispoof: false }]) {
+        expect(chains(family, g).vm.ip.rules).toContain('udp sport 67 counter drop comment "dhcp-server"');
+        expect(chains(family, g).vm.ip6.rules).toContain('udp sport 547 counter drop comment "dhcp-server"');
+      }
     });
 
     it('drops router advertisements, redirects and renumbering from the guest', () => {
-      for (const g of [DUAL, { ...DUAL, antispoof: false }]) expect(chains(family, g).vm.rules).toContain('icmpv6 type { nd-router-advert, nd-redirect, router-renumbering } counter drop comment "router"');
+      for (const g of [DUAL, { ...DUAL, antispoof: false }]) expect(chains(family, g).vm.ip6.rules).toContain('icmpv6 type { nd-router-advert, nd-redirect, router-renumbering } counter drop comment "router"');
     });
 
     it('keeps the guest\'s neighbour solicitations for podtap\'s router address inside, only when podtap answers for one', () => {
       const ns = `icmpv6 type nd-neighbor-solicit @th,64,128 ${FE80_1} drop`;
-      expect(chains(family, DUAL).vm.rules).toContain(ns);
-      expect(chains(family, { ...DUAL, antispoof: false }).vm.rules).toContain(ns);
+      expect(chains(family, DUAL).vm.ip6.rules).toContain(ns);
+      expect(chains(family, { ...DUAL, antispoof: false }).vm.ip6.rules).toContain(ns);
       expect(chains(family, LLGW).vm.rules.some((r) => r.includes('nd-neighbor-solicit @th'))).toBe(false);
     });
 
     it('checks ARP: Ethernet/IPv4 only, the sender MAC is the VM\'s, the sender IP one of the pod\'s (or 0.0.0.0 for probes)', () => {
       const { vm } = chains(family, V4);
-      expect(vm.rules).toEqual(
+      expect(filters(vm.arp)).toEqual(
         expect.arrayContaining([
           'arp htype != 1 counter drop comment "bad-arp"',
           'arp ptype != ip counter drop comment "bad-arp"',
@@ -93,21 +113,21 @@ for (const family of FAMILIES) {
           'arp saddr ip != { 0.0.0.0, 10.26.0.5, 10.26.0.6 } counter drop comment "spoofed-arp"',
         ]),
       );
-      expect(vm.rules.filter((r) => r.startsWith('arp '))).toHaveLength(6);
-      expect(chains(family, L2).vm.rules).toContain('arp saddr ip != 0.0.0.0 counter drop comment "spoofed-arp"');
+      expect(filters(vm.arp)).toHaveLength(6);
+      expect(chains(family, L2).vm.arp.rules).toContain('arp saddr ip != 0.0.0.0 counter drop comment "spoofed-arp"');
     });
 
     it('allows only the pod\'s IPv4 sources, and no IPv4 at all on an interface without one', () => {
-      expect(chains(family, V4).vm.rules).toContain('ip saddr != { 10.26.0.5, 10.26.0.6 } counter drop comment "spoofed-ipv4"');
-      expect(chains(family, DUAL).vm.rules).toContain('ip saddr != 10.24.0.5 counter drop comment "spoofed-ipv4"');
-      const l2 = chains(family, L2).vm.rules;
-      expect(l2).toContain('meta protocol ip counter drop comment "spoofed-ipv4"');
+      expect(chains(family, V4).vm.ip.rules).toContain('ip saddr != { 10.26.0.5, 10.26.0.6 } counter drop comment "spoofed-ipv4"');
+      expect(chains(family, DUAL).vm.ip.rules).toContain('ip saddr != 10.24.0.5 counter drop comment "spoofed-ipv4"');
+      const l2 = chains(family, L2).vm.ip.rules;
+      expect(l2).toContain('counter drop comment "spoofed-ipv4"');
       expect(l2.some((r) => r.startsWith('ip saddr'))).toBe(false);
     });
 
     it('allows IPv6 sources: the guest\'s own link-local ones, the pod\'s global ones, and :: only for neighbour discovery and MLD', () => {
       const { vm } = chains(family, LLGW);
-      expect(vm.rules).toContain('ip6 saddr :: meta l4proto != ipv6-icmp counter drop comment "spoofed-ipv6"');
+      expect(vm.ip6.rules).toContain('ip6 saddr :: meta l4proto != 58 counter drop comment "spoofed-ipv6"');
       expect(vm.rules).toContain('ip6 saddr :: icmpv6 type != { nd-neighbor-solicit, mld-listener-report, mld2-listener-report } counter drop comment "spoofed-ipv6"');
       expect(vm.rules).toContain('ip6 saddr != { ::, fe80::/10, fd00:23::7, fd00:23::8 } counter drop comment "spoofed-ipv6"');
       expect(vm.rules).toContain(`ip6 saddr fe80::/10 ip6 saddr != ${VM_LL} counter drop comment "spoofed-ipv6"`);
@@ -139,37 +159,57 @@ for (const family of FAMILIES) {
 
     it('checks no source without antispoof, but still keeps servers, routers and floods out', () => {
       const { vm } = chains(family, { ...DUAL, antispoof: false });
-      expect(filters(vm)).toEqual([
-        'ether type != { ip, arp, ip6 } counter drop comment "not-ip"',
+      expect(vm.main.rules).toEqual([
         `meta pkttype { broadcast, multicast } limit rate over ${FLOOD_LIMIT.rate}/second burst ${FLOOD_LIMIT.burst} packets counter drop comment "flood"`,
-        'udp dport { 67, 547 } drop',
+        'ether type vmap { ip : goto vm0_ip, arp : goto vm0_arp, ip6 : goto vm0_ip6 }',
+        'counter drop comment "not-ip"',
+      ]);
+      expect(filters(vm.ip)).toEqual(['udp dport 67 drop', 'udp sport 67 counter drop comment "dhcp-server"']);
+      expect(filters(vm.arp)).toEqual([]);
+      expect(filters(vm.ip6)).toEqual([
+        'udp dport 547 drop',
         'icmpv6 type nd-router-solicit drop',
-        'udp sport { 67, 547 } counter drop comment "dhcp-server"',
+        'udp sport 547 counter drop comment "dhcp-server"',
         'icmpv6 type { nd-router-advert, nd-redirect, router-renumbering } counter drop comment "router"',
         `icmpv6 type nd-neighbor-solicit @th,64,128 ${FE80_1} drop`,
       ]);
     });
 
     it('has exactly these rules with antispoof (nothing more to let a frame through, nothing missing)', () => {
-      expect(filters(chains(family, DUAL).vm)).toHaveLength(21);
-      expect(filters(chains(family, V4).vm)).toHaveLength(20);
-      // Every rule of the guest's chain drops: what is left goes on.
-      for (const r of filters(chains(family, DUAL).vm)) expect(r).toMatch(/ drop( comment "[a-z0-9-]+")?$/);
+      const count = (d: Direction) => [d.main, d.ip, d.arp, d.ip6].reduce((n, c) => n + filters(c).length, 0);
+      expect(count(chains(family, DUAL).vm)).toBe(24);
+      expect(count(chains(family, V4).vm)).toBe(23);
+      // Every rule but the dispatch drops: what is left goes on.
+      for (const r of chains(family, DUAL).vm.rules.filter((x) => !x.startsWith('fwd to ') && !x.startsWith('ether type vmap'))) expect(r).toMatch(/(^| )drop( comment "[a-z0-9-]+")?$/);
+    });
+
+    it('a protocol chain ends the frame\'s way: moved to the pod interface (redirect) or back to the bridge', () => {
+      const { vm } = chains(family, DUAL);
+      for (const c of [vm.ip, vm.arp, vm.ip6]) {
+        if (family === 'netdev') expect(c.rules.at(-1)).toBe('fwd to "eth0"');
+        else expect(c.rules.some((r) => r.startsWith('fwd'))).toBe(false);
+      }
     });
   });
 
   describe(`guard, ${family} family: frames towards the guest`, () => {
-    it('lets only IPv4, ARP and IPv6 through first, then keeps outside DHCP servers and routers from the guest', () => {
+    it('lets only IPv4, ARP and IPv6 through, and keeps outside DHCP and routers from the guest', () => {
       for (const g of [DUAL, { ...V4, antispoof: false }]) {
-        expect(filters(chains(family, g).pod)).toEqual([
-          'ether type != { ip, arp, ip6 } counter drop comment "not-ip"',
-          'udp sport { 67, 547 } counter drop comment "outside-dhcp"',
-          'udp dport { 67, 547 } counter drop comment "outside-dhcp"',
+        const { pod } = chains(family, g);
+        expect(pod.main.rules).toEqual(['ether type vmap { ip : goto pod0_ip, arp : goto pod0_arp, ip6 : goto pod0_ip6 }', 'counter drop comment "not-ip"']);
+        expect(filters(pod.ip)).toEqual(['udp sport 67 counter drop comment "outside-dhcp"', 'udp dport 67 counter drop comment "outside-dhcp"']);
+        expect(filters(pod.arp)).toEqual([]);
+        expect(filters(pod.ip6)).toEqual([
+          'udp sport 547 counter drop comment "outside-dhcp"',
+          'udp dport 547 counter drop comment "outside-dhcp"',
           'icmpv6 type { nd-router-advert, nd-redirect } counter drop comment "outside-router"',
         ]);
       }
-      expect(fromPodRules()).toEqual(filters(chains(family, DUAL).pod));
-      expect(fromVmRules(DUAL)).toEqual(filters(chains(family, DUAL).vm));
+      const r = fromPodRules();
+      const { pod, vm } = chains(family, DUAL);
+      expect([r.ip, r.arp, r.ip6]).toEqual([filters(pod.ip), filters(pod.arp), filters(pod.ip6)]);
+      const v = fromVmRules(DUAL);
+      expect([v.head, v.ip, v.arp, v.ip6]).toEqual([vm.main.rules.slice(0, -2), filters(vm.ip), filters(vm.arp), filters(vm.ip6)]);
     });
   });
 }
@@ -187,7 +227,8 @@ describe('guard tables', () => {
   it('bridge: each port jumps to its NIC\'s chain, and the bridge itself hears and sends nothing on any port', () => {
     const second: NicGuard = { ...V4, nic: 1, podIf: 'net1', tap: 'tap1', vmMac: '0a:58:0a:1e:00:05' };
     const s = parseNftScript(renderTable(tableOf('bridge', DUAL, second)));
-    expect([...s.chains.keys()]).toEqual(['prerouting', 'vm0', 'pod0', 'vm1', 'pod1', 'input', 'output']);
+    const dir = (n: string) => [n, `${n}_ip`, `${n}_arp`, `${n}_ip6`];
+    expect([...s.chains.keys()]).toEqual(['prerouting', ...dir('vm0'), ...dir('pod0'), ...dir('vm1'), ...dir('pod1'), 'input', 'output']);
     // Broadcasts and multicasts the bridge would pass up to the pod's own stack.
     expect(chainOf(s, 'input')).toEqual({
       head: 'type filter hook input priority filter; policy accept;',
@@ -202,23 +243,29 @@ describe('guard tables', () => {
       rules: ['oifname { "eth0", "tap0", "net1", "tap1" } counter drop comment "bridge-output"'],
     });
     // The NICs' chains are regular chains, reached only through the vmap.
-    for (const c of ['vm0', 'pod0', 'vm1', 'pod1']) expect(chainOf(s, c).head).toBeUndefined();
-    expect(chainOf(s, 'vm1').rules[1]).toBe('ether saddr != 0a:58:0a:1e:00:05 counter drop comment "spoofed-mac"');
+    for (const c of ['vm0', 'pod0', 'vm1', 'pod1']) for (const x of dir(c)) expect(chainOf(s, x).head).toBeUndefined();
+    expect(chainOf(s, 'vm1').rules[0]).toBe('ether saddr != 0a:58:0a:1e:00:05 counter drop comment "spoofed-mac"');
   });
 
   it('netdev: the ingress chain of each device drops by default and ends by moving the frame to the other device', () => {
     const second: NicGuard = { ...L2, nic: 1, podIf: 'net2', tap: 'tap1' };
     const s = parseNftScript(renderTable(tableOf('netdev', DUAL, second)));
-    expect([...s.chains.keys()]).toEqual(['vm0', 'pod0', 'vm1', 'pod1']);
+    const dir = (n: string) => [n, `${n}_ip`, `${n}_arp`, `${n}_ip6`];
+    expect([...s.chains.keys()]).toEqual([...dir('vm0'), ...dir('pod0'), ...dir('vm1'), ...dir('pod1')]);
     for (const [nic, podIf, tap] of [[0, 'eth0', 'tap0'], [1, 'net2', 'tap1']] as const) {
-      const vm = chainOf(s, `vm${nic}`);
-      const pod = chainOf(s, `pod${nic}`);
-      expect(vm.head).toBe(`type filter hook ingress device "${tap}" priority filter; policy drop;`);
-      expect(pod.head).toBe(`type filter hook ingress device "${podIf}" priority filter; policy drop;`);
-      expect(vm.rules.at(-1)).toBe(`fwd to "${podIf}"`);
-      expect(pod.rules.at(-1)).toBe(`fwd to "${tap}"`);
-      expect(vm.rules.filter((r) => r.startsWith('fwd'))).toHaveLength(1);
-      expect(pod.rules.filter((r) => r.startsWith('fwd'))).toHaveLength(1);
+      expect(chainOf(s, `vm${nic}`).head).toBe(`type filter hook ingress device "${tap}" priority filter; policy drop;`);
+      expect(chainOf(s, `pod${nic}`).head).toBe(`type filter hook ingress device "${podIf}" priority filter; policy drop;`);
+      for (const p of ['ip', 'arp', 'ip6']) {
+        const vm = chainOf(s, `vm${nic}_${p}`);
+        const pod = chainOf(s, `pod${nic}_${p}`);
+        expect(vm.head).toBeUndefined();
+        expect(vm.rules.at(-1)).toBe(`fwd to "${podIf}"`);
+        expect(pod.rules.at(-1)).toBe(`fwd to "${tap}"`);
+        expect(vm.rules.filter((r) => r.startsWith('fwd'))).toHaveLength(1);
+        expect(pod.rules.filter((r) => r.startsWith('fwd'))).toHaveLength(1);
+      }
+      // Nothing moves a frame of another ethertype: it meets the drop.
+      expect(chainOf(s, `vm${nic}`).rules.some((r) => r.startsWith('fwd'))).toBe(false);
     }
   });
 });
@@ -230,12 +277,12 @@ describe('guard: answers on forwarded ports (--forward-port)', () => {
     for (const antispoof of [true, false]) {
       const g: NicGuard = { ...DUAL, antispoof, forward: { ...FWD, bridgeMac: '02:aa:00:00:00:03' } };
       const s = parseNftScript(renderTable(tableOf('bridge', g)));
-      const vm = chainOf(s, 'vm0').rules;
+      const vm = chainOf(s, 'vm0_ip').rules;
       expect(vm.slice(-2)).toEqual([
         'ip daddr 169.254.75.1 tcp sport { 8080, 22 } ether daddr set 02:aa:00:00:00:03 meta pkttype set host',
         'ip daddr 169.254.75.1 udp sport 53 ether daddr set 02:aa:00:00:00:03 meta pkttype set host',
       ]);
-      expect(vm.slice(0, -2)).toEqual(fromVmRules({ ...g, forward: undefined }));
+      expect(vm.slice(0, -2)).toEqual(fromVmRules({ ...g, forward: undefined }).ip);
       // The bridge's stack may speak to the guest on those ports only, before everything else it says is dropped.
       expect(chainOf(s, 'output').rules).toEqual([
         'oifname "tap0" ip saddr 169.254.75.1 tcp dport { 8080, 22 } accept',
@@ -253,15 +300,15 @@ describe('guard: answers on forwarded ports (--forward-port)', () => {
 
   it('netdev: lets those answers into the tap\'s own stack instead of moving them to the pod interface', () => {
     const s = parseNftScript(renderTable(tableOf('netdev', { ...DUAL, forward: { ...FWD, udp: [] } })));
-    expect(chainOf(s, 'vm0').rules.slice(-2)).toEqual(['ip daddr 169.254.75.1 tcp sport { 8080, 22 } meta pkttype set host accept', 'fwd to "eth0"']);
-    expect(chainOf(s, 'pod0').rules).toEqual([...fromPodRules(), 'fwd to "tap0"']);
+    expect(chainOf(s, 'vm0_ip').rules.slice(-2)).toEqual(['ip daddr 169.254.75.1 tcp sport { 8080, 22 } meta pkttype set host accept', 'fwd to "eth0"']);
+    expect(chainOf(s, 'pod0_ip').rules).toEqual([...fromPodRules().ip, 'fwd to "tap0"']);
   });
 
   it('adds nothing for a NIC without forwarded ports', () => {
     const plain = renderTable(tableOf('bridge', DUAL, { ...V4, nic: 1, podIf: 'net1', tap: 'tap1', forward: FWD }));
     const s = parseNftScript(plain);
-    expect(chainOf(s, 'vm0').rules.some((r) => r.includes('pkttype set host'))).toBe(false);
-    expect(chainOf(s, 'vm1').rules.filter((r) => r.includes('pkttype set host'))).toHaveLength(2);
+    expect(chainOf(s, 'vm0_ip').rules.some((r) => r.includes('pkttype set host'))).toBe(false);
+    expect(chainOf(s, 'vm1_ip').rules.filter((r) => r.includes('pkttype set host'))).toHaveLength(2);
     expect(chainOf(s, 'output').rules.filter((r) => r.startsWith('oifname "tap0"'))).toEqual([]);
   });
 });
