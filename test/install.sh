@@ -8,15 +8,24 @@ cd "$(dirname "$0")/.."
 PACKAGES="iproute2 nftables ebtables qemu-system-x86 busybox-static linux-image-amd64 \
 containernetworking-plugins isc-dhcp-client dhcpcd-base kea-admin dnsmasq-base tcpdump \
 cpio iputils-ping procps util-linux psmisc gcc libc6-dev"
+# The container tests (test/container) and the data-path benchmark. Rootful
+# podman with runc (crun cannot drive hybrid cgroups), netavark + aardvark-dns
+# for its networks (netavark 1.4 programs iptables), catatonit for the pause
+# image of pods (`podman kube play`), mmdebstrap for the stand-in base image
+# (test/container/base-image.sh), passt for the benchmark. Rootless helpers
+# (uidmap, slirp4netns, fuse-overlayfs) are not needed: everything runs as root.
+PACKAGES="$PACKAGES podman runc netavark aardvark-dns iptables catatonit mmdebstrap passt"
 
 if [ "$(id -u)" != 0 ]; then
   echo "test/install.sh: run as root (podtap's tests create network namespaces and install Debian packages)" >&2
   exit 1
 fi
 
+# One dpkg-query for the whole list; a package it doesn't know is missing too.
+installed=" $(dpkg-query -W -f='${Package} ${Status}\n' $PACKAGES 2>/dev/null | sed -n 's/ install ok installed$//p' | tr '\n' ' ') "
 missing=""
 for p in $PACKAGES; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+  case $installed in *" $p "*) ;; *) missing="$missing $p" ;; esac
 done
 if [ -n "$missing" ]; then
   echo "test/install.sh: installing Debian packages:$missing" >&2
