@@ -1,14 +1,21 @@
 // `npm run bench`: measures podtap against its floors and peers and writes
 // bench/results/{bench-<stamp>,latest}.{md,json,svg}.
 //
-//   node bench/run.ts [--quick] [--only setup,dhcp,memory,churn,profile]
+//   node bench/run.ts [--quick] [--only setup,dhcp,memory,churn,profile,datapath]
 //                     [--runs N] [--cycles N] [--out DIR]
-//                     [--entry launcher|dist|src]
+//                     [--entry launcher|dist|src] [--datapath bridge|redirect]
+//                     [--dp-trials N] [--dp-seconds S] [--dp-queues N]
 //
 // --entry: how podtap is started. launcher (default) runs init/podtap, which
 // picks dist/podtap.mjs when the build is current and src/main.ts otherwise;
 // dist / src run `node <entry>` directly. Each section notes which entry the
 // podtap processes it measured really ran.
+//
+// --datapath: the set-up section starts podtap with `--datapath VALUE` (for a
+// podtap that has the option). The datapath section always measures every
+// data path podtap has, next to macvtap and passt; --dp-trials / --dp-seconds
+// override its trial count and window, --dp-queues gives podtap's TAP and the
+// macvtap that many queues (one dpgen thread each; passt has one).
 //
 // Runs as root: it creates network namespaces (all named pt-*/ptb-*) and
 // removes them again, with every process it started, even on failure or
@@ -17,6 +24,7 @@
 import { performance } from 'node:perf_hooks';
 import { Cleanup, sweepOrphans } from '../test/helpers/netns.ts';
 import { benchChurn } from './churn.ts';
+import { benchDatapath, podtapHasDatapath } from './datapath.ts';
 import { benchDhcp } from './dhcp.ts';
 import { describeMachine, preflight } from './machine.ts';
 import { entriesSeen, launcherEntry, setEntryMode, type EntryMode } from './proc.ts';
@@ -26,7 +34,7 @@ import { markdownTable, writeResults, type Results, type Section } from './repor
 import { benchSetup, type SetupData } from './setup.ts';
 import { phaseChart } from './chart.ts';
 
-const SECTIONS = ['setup', 'dhcp', 'memory', 'churn', 'profile'] as const;
+const SECTIONS = ['setup', 'dhcp', 'memory', 'churn', 'profile', 'datapath'] as const;
 type SectionName = (typeof SECTIONS)[number];
 
 interface Args {
@@ -36,6 +44,10 @@ interface Args {
   cycles?: number;
   out?: string;
   entry: EntryMode;
+  datapath?: string;
+  dpTrials?: number;
+  dpSeconds?: number;
+  dpQueues?: number;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -55,13 +67,24 @@ function parseArgs(argv: string[]): Args {
     } else if (arg.startsWith('--runs')) a.runs = positive(value(), '--runs');
     else if (arg.startsWith('--cycles')) a.cycles = positive(value(), '--cycles');
     else if (arg.startsWith('--out')) a.out = value();
+    else if (arg.startsWith('--datapath')) {
+      const v = value();
+      if (!/^[a-z][a-z0-9-]*$/.test(v)) throw new Error(`--datapath wants a data path name such as bridge or redirect, not ${v}`);
+      a.datapath = v;
+    } else if (arg.startsWith('--dp-trials')) a.dpTrials = positive(value(), '--dp-trials');
+    else if (arg.startsWith('--dp-queues')) a.dpQueues = positive(value(), '--dp-queues');
+    else if (arg.startsWith('--dp-seconds')) {
+      const v = Number(value());
+      if (!(v >= 0.1 && v <= 60)) throw new Error('--dp-seconds wants 0.1 to 60');
+      a.dpSeconds = v;
+    }
     else if (arg.startsWith('--entry')) {
       const v = value();
       if (v !== 'launcher' && v !== 'dist' && v !== 'src') throw new Error(`--entry wants launcher, dist or src, not ${v}`);
       a.entry = v;
     }
     else if (arg === '--help' || arg === '-h') {
-      process.stdout.write('usage: node bench/run.ts [--quick] [--only setup,dhcp,memory,churn,profile] [--runs N] [--cycles N] [--out DIR] [--entry launcher|dist|src]\n');
+      process.stdout.write('usage: node bench/run.ts [--quick] [--only setup,dhcp,memory,churn,profile,datapath] [--runs N] [--cycles N] [--out DIR] [--entry launcher|dist|src] [--datapath bridge|redirect] [--dp-trials N] [--dp-seconds S] [--dp-queues N]\n');
       process.exit(0);
     } else throw new Error(`unknown argument ${arg}`);
   }
@@ -88,7 +111,9 @@ async function main(): Promise<number> {
   const le = launcherEntry();
   log(`podtap entry: ${args.entry === 'launcher' ? `init/podtap → ${le.entry} (${le.why})` : args.entry}`);
   const q = args.quick;
-  const options = { quick: q, only: args.only, entry: args.entry, launcherEntryAtStart: `${le.entry} (${le.why})`, runs: args.runs ?? (q ? 5 : 25), cycles: args.cycles ?? (q ? 30 : 200) };
+  if (args.datapath !== undefined && args.only.includes('setup') && !(await podtapHasDatapath())) throw new Error(`--datapath ${args.datapath}: this podtap has no --datapath option yet (podtap --help)`);
+  const dp = { trials: args.dpTrials ?? (q ? 2 : 7), seconds: args.dpSeconds ?? (q ? 0.4 : 1.5), warmSeconds: q ? 0.15 : 0.5, startWarmSeconds: q ? 0.4 : 1.5, ...(args.dpQueues !== undefined ? { queues: args.dpQueues } : {}) };
+  const options = { quick: q, only: args.only, entry: args.entry, launcherEntryAtStart: `${le.entry} (${le.why})`, runs: args.runs ?? (q ? 5 : 25), cycles: args.cycles ?? (q ? 30 : 200), ...(args.datapath !== undefined ? { datapath: args.datapath } : {}), datapathSection: dp };
 
   const top = new Cleanup();
   let stopping = false;
@@ -114,7 +139,7 @@ async function main(): Promise<number> {
         let s: Section;
         switch (name) {
           case 'setup':
-            s = await benchSetup({ iterations: options.runs, warmup: 1, cleanup: sc, log });
+            s = await benchSetup({ iterations: options.runs, warmup: 1, cleanup: sc, log, ...(args.datapath !== undefined ? { datapath: args.datapath } : {}) });
             setupData = s.data as SetupData;
             break;
           case 'dhcp':
@@ -125,6 +150,9 @@ async function main(): Promise<number> {
             break;
           case 'churn':
             s = await benchChurn({ cleanup: sc, log, cycles: options.cycles, window: Math.min(20, Math.floor(options.cycles / 4)) });
+            break;
+          case 'datapath':
+            s = await benchDatapath({ cleanup: sc, log, ...dp });
             break;
           case 'profile':
             s = await benchProfile({ cleanup: sc, log, ladderRounds: q ? 4 : 15, importRuns: q ? 2 : 5, tracedRuns: q ? 3 : 7, whatIfRuns: q ? 3 : 7 });

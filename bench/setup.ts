@@ -30,6 +30,13 @@ export interface SetupOptions {
   warmup: number;
   cleanup: Cleanup;
   log: (s: string) => void;
+  /**
+   * Hook for the data-path choice: when set, podtap is started with
+   * `--datapath VALUE` (only for a podtap that has the option; see
+   * bench/datapath.ts). Unset: podtap's default, exactly as before. The floor
+   * still replays the default plan.
+   */
+  datapath?: string;
 }
 
 interface PodtapTrial {
@@ -64,8 +71,8 @@ const sysctlScript = (kv: string[]): string => kv.map((s) => {
   return `echo ${v} > /proc/sys/${k}`;
 }).join('; ');
 
-async function podtapTrial(pod: Pod, before: Snapshot, cleanup: Cleanup, stateDir: string): Promise<PodtapTrial> {
-  const run = startUp(pod, { stateDir, cleanup });
+async function podtapTrial(pod: Pod, before: Snapshot, cleanup: Cleanup, stateDir: string, datapath?: string): Promise<PodtapTrial> {
+  const run = startUp(pod, { stateDir, cleanup, ...(datapath !== undefined ? { args: ['--datapath', datapath] } : {}) });
   try {
     const ready = await waitReady(run, 30_000);
     await sleep(GAP_MS);
@@ -169,7 +176,7 @@ export async function benchSetup(o: SetupOptions): Promise<Section> {
     let r2: FloorTrial | undefined;
     let r3: PeerTrial | undefined;
     for (const which of orders[i % 3]!) {
-      if (which === 'podtap') r1 = await podtapTrial(a, before.get(a.pod)!, o.cleanup, tempDir(o.cleanup, 'podtap-bench-state-'));
+      if (which === 'podtap') r1 = await podtapTrial(a, before.get(a.pod)!, o.cleanup, tempDir(o.cleanup, 'podtap-bench-state-'), o.datapath);
       else if (which === 'floor') r2 = await floorTrial(b, plans.get(b.pod)!, before.get(b.pod)!, dir);
       else r3 = await peerTrial(peer, i);
       await sleep(GAP_MS);
@@ -220,10 +227,11 @@ export async function benchSetup(o: SetupOptions): Promise<Section> {
     `Floor set-up = \`node -e 0\` + \`ip -n POD -batch\` of the ${plan0(plans).setupIp.length} ip lines of podtap's plan for that pod (steps ${plan0(plans).stepIds.join(', ')}), with the TAP open replaced by \`tuntap add dev tap0 mode tap vnet_hdr\`. The plan's sysctl writes (${plan0(plans).sysctlSetup.join(', ') || 'none'}) are made untimed (µs each); \`nft -f\` of the guard table is timed separately (${fmtSummary(floorNft, 'ms')}). node -e 0 alone: ${fmtSummary(floorNode, 'ms')}; ip -batch alone: ${fmtSummary(floorIp, 'ms')}.`,
     `Floor teardown = \`ip -n POD -force -batch\` of the ${plan0(plans).teardownIp.length} undo lines in podtap's replay order; nft table removal timed separately; the sysctl restore (${plan0(plans).sysctlTeardown.join(', ') || 'none'}) untimed. Informational "until DAD settled": from the batch's start until \`ip addr show tentative\` is empty, i.e. the kernel has re-created the veth's IPv6 link-local address and finished duplicate address detection.`,
     `podtap's own phases (from its ready line, median ms): ${[...PHASES, 'total'].map((k) => `${k} ${fmtSummary(phases[k])}`).join(', ')}; exec → setUp start (launcher, Node start-up, module loading, option parsing) = ready − total = ${fmtSummary(startup, 'ms')}.`,
+    ...(o.datapath !== undefined ? [`podtap ran with --datapath ${o.datapath}; the floor replays the default plan's ip lines.`] : []),
     ...(firstDiff ? [`First non-restored namespace diff: ${firstDiff.diff.slice(0, 10).join('; ')} (exit ${firstDiff.exitCode})`] : []),
   ];
   const summaries: Record<string, Summary> = { up, floorNode, floorIp, floorNft, floorUp, floorUpNft, ptpAdd, down, floorDown, floorDownNft, floorDad, ptpDel, startup, ...Object.fromEntries(Object.entries(phases).map(([k, v]) => [`phase.${k}`, v])) };
-  return { name: 'Set-up & teardown', rows, notes, data: { podtap: pt, floor: fl, peer: pe, plan: plan0(plans), summaries } satisfies SetupData };
+  return { name: o.datapath !== undefined ? `Set-up & teardown (--datapath ${o.datapath})` : 'Set-up & teardown', rows, notes, data: { podtap: pt, floor: fl, peer: pe, plan: plan0(plans), summaries } satisfies SetupData };
 }
 
 function plan0(plans: Map<string, PodPlan>): PodPlan {
