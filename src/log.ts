@@ -27,17 +27,23 @@ export function createLogger(format: LogFormat, min: Level = 'info', write = (s:
  * A token bucket per key, keys from a small fixed set (reasons): for log
  * lines the guest or a client can cause once per packet or connection.
  */
+const MAX_KEYS = 256;
+
 export class RateLimit {
   private readonly perMinute: number;
   private readonly buckets = new Map<string, { tokens: number; at: number; suppressed: number }>();
   constructor(perMinute: number) {
     this.perMinute = perMinute;
   }
+  /** Keys remembered: never more than MAX_KEYS, however many a client invents. */
+  get size(): number {
+    return this.buckets.size;
+  }
   /** Returns -1 if suppressed, else how many were suppressed since the last allowed one. */
   take(key: string, now: number): number {
     let b = this.buckets.get(key);
     if (!b) {
-      if (this.buckets.size >= 256) this.buckets.clear();
+      if (this.buckets.size >= MAX_KEYS) this.buckets.clear();
       b = { tokens: this.perMinute, at: now, suppressed: 0 };
       this.buckets.set(key, b);
     }
