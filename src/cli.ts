@@ -28,7 +28,7 @@ function helpText(): string {
     '',
     'usage:',
     '  podtap inspect [--interface IF]        print what podtap found, as JSON; changes nothing',
-    '  podtap up [options]                    set up br0 + tap0 + DHCP, print a ready line, serve until SIGTERM',
+    '  podtap up [options]                    take the pod interfaces over, serve the VM, print a ready line; restore on SIGTERM',
     '  podtap run [options] -- VMM ARGS...    like up, then spawn the VMM with the TAP fds at 3, 4, ...',
     '  podtap down [--state-dir DIR]          restore the namespace from the journal (after a crash)',
     '  podtap exec --fd-socket PATH -- VMM... fetch the TAP fds from `up --fd-socket` and exec the VMM',
@@ -42,7 +42,7 @@ function helpText(): string {
   ];
   for (const s of SPECS) {
     const flag = `--${s.flag}${s.valueName ? ' ' + s.valueName : ''}`;
-    lines.push(`  ${flag.padEnd(28)} ${s.env.padEnd(24)} ${s.help}`);
+    lines.push(`  ${flag.padEnd(31)} ${s.env.padEnd(23)} ${s.help}`);
   }
   lines.push('  --help, --version');
   return lines.join('\n') + '\n';
