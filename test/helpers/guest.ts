@@ -36,12 +36,14 @@ finish() {
 
 net=dhcp ping= mode=oneshot renewwait=30 renewafter= renews=0 waitnic=10
 mtu= timeout=0 nic=eth0 dhcpreq=mtu,staticroutes,search
+ipv6=none v6wait=30
+more=
 for w in $(cat /proc/cmdline); do
   case "$w" in
     podtap.*=*)
       k=\${w%%=*}; k=\${k#podtap.}; v=\${w#*=}
       case "$k" in
-        net|ping|mode|renewwait|renewafter|renews|waitnic|mtu|timeout|nic|dhcpreq)
+        net|ping|mode|renewwait|renewafter|renews|waitnic|mtu|timeout|nic|dhcpreq|more|ipv6|v6wait)
           eval "$k=\\$v"; say config "$k=$v" ;;
         *) say error "unknown key podtap.$k" ;;
       esac ;;
@@ -93,6 +95,24 @@ dhcp() {
   done
 }
 
+# IPv6 the way a distro with dhcpcd does it: router solicitation, then
+# DHCPv6 as the RA's M flag asks. dhcpcd stays up (renewals); the guest
+# goes on once it holds a global address and a default route.
+dhcp6() {
+  mkdir -p /var/lib/dhcpcd /run/dhcpcd
+  dhcpcd -6 -B -f /etc/dhcpcd.conf -c /etc/podtap-dhcpcd "$nic" > /run/dhcpcd.log 2>&1 &
+  i=0
+  while [ -z "$(ip -6 addr show dev "$nic" scope global)" ] || [ -z "$(ip -6 route show default)" ]; do
+    if [ "$i" -ge $((v6wait * 10)) ]; then
+      say error "dhcpcd: no IPv6 address and default route after \${v6wait}s"
+      while IFS= read -r l; do say dhcpcd-log "$l"; done < /run/dhcpcd.log
+      return
+    fi
+    usleep 100000; i=$((i + 1))
+  done
+  say ipv6-ready "$(up)"
+}
+
 pings() {
   for t in $(echo "$ping" | tr , ' '); do
     rcv=$(ping -c 3 -i 0.3 -W 3 "$t" 2>&1 | sed -n 's/.* \\([0-9][0-9]*\\) packets received.*/\\1/p')
@@ -140,8 +160,22 @@ report() {
   if [ -r "$d/device/features" ]; then say features "$(cat "$d/device/features")"; fi
   ip -o -4 addr show dev "$nic" | while IFS= read -r l; do say addr "$l"; done
   ip -4 route show | while IFS= read -r l; do say route "$l"; done
+  # Every NIC (not only $nic): name, MAC, MTU and IPv4 addresses.
+  for x in /sys/class/net/*; do
+    [ "\${x##*/}" = lo ] && continue
+    say link "\${x##*/}" "$(cat "$x/address")" "$(cat "$x/mtu")"
+    ip -o -4 addr show dev "\${x##*/}" | while IFS= read -r l; do say linkaddr "\${x##*/}" "$l"; done
+  done
   if [ -r /etc/resolv.conf ]; then
     while IFS= read -r l; do say resolv "$l"; done < /etc/resolv.conf
+  fi
+  if [ "$ipv6" != none ]; then
+    ip -o -6 addr show dev "$nic" scope global | while IFS= read -r l; do say addr6 "$l"; done
+    ip -6 route show | while IFS= read -r l; do say route6 "$l"; done
+    ip -6 neigh show dev "$nic" | while IFS= read -r l; do say neigh6 "$l"; done
+    if [ -r /run/resolv6 ]; then
+      while IFS= read -r l; do say resolv6 "$l"; done < /run/resolv6
+    fi
   fi
   say report-end "$rn"
 }
@@ -152,6 +186,32 @@ case "$net" in
   none) ;;
   *) say error "unknown podtap.net=$net" ;;
 esac
+case "$ipv6" in
+  dhcpcd) dhcp6 ;;
+  none) ;;
+  *) say error "unknown podtap.ipv6=$ipv6" ;;
+esac
+
+# Further NICs, podtap.more=eth1:dhcp,eth2:try,eth3:none, after the first
+# and in that order: each waited for (hot-plug) and brought up; dhcp must
+# get a lease (one udhcpc exchange, the lease kept), try reports "nolease"
+# when none comes within 3 s, none stays unconfigured.
+for m in $(echo "$more" | tr , ' '); do
+  x=\${m%%:*}; how=\${m#*:}; i=0
+  while [ ! -e "/sys/class/net/$x" ]; do
+    if [ "$i" -ge $((waitnic * 10)) ]; then say error "no $x after \${waitnic}s"; break; fi
+    usleep 100000; i=$((i + 1))
+  done
+  ip link set "$x" up || continue
+  o=
+  for r in $(echo "$dhcpreq" | tr , ' '); do o="$o -O $r"; done
+  case "$how" in
+    dhcp) udhcpc -i "$x" -f -q -n -t 10 -T 1 -s /etc/podtap-dhcp $o || say error "udhcpc on $x got no lease" ;;
+    try) udhcpc -i "$x" -f -q -n -t 3 -T 1 -s /etc/podtap-dhcp $o || say nolease "$x" ;;
+    none) ;;
+    *) say error "unknown way $how for $x in podtap.more" ;;
+  esac
+done
 case "$mode" in
   oneshot) pings; report ;;
   renew) pings; report; renewloop; report ;;
@@ -203,10 +263,11 @@ apply() {
   elif [ -n "$router" ]; then
     for r in $router; do route_add 0.0.0.0/0 "$r"; break; done
   fi
-  {
+  # A lease without resolver options (a secondary NIC's) leaves resolv.conf alone.
+  if [ -n "$dns$search$domain" ]; then {
     if [ -n "$search" ]; then echo "search $search"; elif [ -n "$domain" ]; then echo "search $domain"; fi
     for s in $dns; do echo "nameserver $s"; done
-  } > /etc/resolv.conf
+  } > /etc/resolv.conf; fi
   if [ -n "$hostname" ]; then hostname "$hostname"; fi
 }
 
@@ -216,6 +277,32 @@ case "$ev" in
   renew) apply renew; echo $(( $(cat /run/renewals 2>/dev/null || echo 0) + 1 )) > /run/renewals ;;
 esac
 say dhcp-end "$n" "$ev"
+`;
+
+// dhcpcd's hook (podtap.ipv6=dhcpcd): every event with what dhcpcd handed
+// over, as the udhcpc hook does, but to the console (dhcpcd's own output
+// goes to its log); DNS from DHCPv6 and the RA goes to /run/resolv6
+// (dhcpcd itself installs addresses and routes).
+const DHCPCD_SCRIPT = `#!/bin/sh
+say() { echo "PODTAP-GUEST $*" > /dev/console; }
+n=$(( $(cat /run/dhcp6-seq 2>/dev/null || echo 0) + 1 )); echo "$n" > /run/dhcp6-seq
+say dhcp6-event "$n" "$reason"
+env | grep -E '^(new_|nd[0-9]+_|ifmtu=)' | sort | while IFS= read -r l; do say dhcp6-var "$n" "$l"; done
+case "$reason" in
+  BOUND6|RENEW6|REBIND6|REBOOT6|ROUTERADVERT)
+    s="\${new_dhcp6_domain_search:-$nd1_dnssl1_search}"
+    {
+      [ -n "$s" ] && echo "search $s"
+      for a in $new_dhcp6_name_servers $nd1_rdnss1_servers; do echo "nameserver $a"; done
+    } | awk '!seen[$0]++' > /run/resolv6 ;;
+esac
+say dhcp6-end "$n" "$reason"
+`;
+
+// ipv6only: IPv4 stays udhcpc's (podtap.net), as before.
+const DHCPCD_CONF = `ipv6only
+noipv4ll
+option dhcp6_name_servers, dhcp6_domain_search
 `;
 
 // ---------------------------------------------------------------------------
@@ -315,9 +402,35 @@ export function cpioNewc(entries: CpioEntry[]): Buffer {
   return Buffer.concat(parts);
 }
 
-function initramfsEntries(modules: { name: string; data: Buffer }[]): CpioEntry[] {
+const DHCPCD = '/usr/sbin/dhcpcd';
+
+/**
+ * Debian's dhcpcd and the shared libraries it loads (libc and the dynamic
+ * loader), each at the path the binary asks for, as ldd lists them.
+ */
+function dhcpcdFiles(): { name: string; data: Buffer }[] {
+  const libs = execFileSync('ldd', [DHCPCD], { encoding: 'utf8' })
+    .split('\n')
+    .flatMap((l) => {
+      const m = /(\/\S+)\s+\(0x[0-9a-f]+\)/.exec(l);
+      return m ? [m[1]!] : [];
+    });
+  return [DHCPCD, ...libs].map((f) => ({ name: f.slice(1), data: readFileSync(f) }));
+}
+
+// dhcpcd drops privileges to its own user, chrooted to its home.
+const PASSWD = 'root:x:0:0:root:/root:/bin/sh\ndhcpcd:x:102:65534:DHCP Client Daemon:/usr/lib/dhcpcd:/bin/false\n';
+const GROUP = 'root:x:0:\nnogroup:x:65534:\n';
+
+function initramfsEntries(modules: { name: string; data: Buffer }[], dhcpcd: { name: string; data: Buffer }[] = dhcpcdFiles()): CpioEntry[] {
   const dirs = ['bin', 'sbin', 'usr', 'usr/bin', 'usr/sbin', 'dev', 'proc', 'sys', 'tmp', 'run', 'etc', 'lib', 'lib/modules'];
-  const entries: CpioEntry[] = dirs.map((name) => ({ name, mode: S_IFDIR | 0o755 }));
+  // dhcpcd's libraries' directories (lib/x86_64-linux-gnu, lib64), its chroot and its state.
+  for (const f of dhcpcd) {
+    const parts = f.name.split('/').slice(0, -1);
+    parts.forEach((_, i) => dirs.push(parts.slice(0, i + 1).join('/')));
+  }
+  dirs.push('usr/lib', 'usr/lib/dhcpcd', 'var', 'var/lib', 'var/lib/dhcpcd');
+  const entries: CpioEntry[] = [...new Set(dirs)].map((name) => ({ name, mode: S_IFDIR | 0o755 }));
   // The kernel opens /dev/console before init mounts devtmpfs.
   entries.push({ name: 'dev/console', mode: S_IFCHR | 0o600, rdev: [5, 1] });
   entries.push({ name: 'bin/busybox', mode: S_IFREG | 0o755, data: readFileSync(BUSYBOX) });
@@ -329,6 +442,11 @@ function initramfsEntries(modules: { name: string; data: Buffer }[]): CpioEntry[
   }
   entries.push({ name: 'init', mode: S_IFREG | 0o755, data: INIT });
   entries.push({ name: 'etc/podtap-dhcp', mode: S_IFREG | 0o755, data: DHCP_SCRIPT });
+  for (const f of dhcpcd) entries.push({ name: f.name, mode: S_IFREG | 0o755, data: f.data });
+  entries.push({ name: 'etc/podtap-dhcpcd', mode: S_IFREG | 0o755, data: DHCPCD_SCRIPT });
+  entries.push({ name: 'etc/dhcpcd.conf', mode: S_IFREG | 0o644, data: DHCPCD_CONF });
+  entries.push({ name: 'etc/passwd', mode: S_IFREG | 0o644, data: PASSWD });
+  entries.push({ name: 'etc/group', mode: S_IFREG | 0o644, data: GROUP });
   for (const m of modules) entries.push({ name: `lib/modules/${m.name}`, mode: S_IFREG | 0o644, data: m.data });
   entries.push({ name: 'lib/modules/order', mode: S_IFREG | 0o644, data: modules.map((m) => m.name).join('\n') + '\n' });
   return entries;
@@ -419,6 +537,9 @@ async function build(): Promise<Guest> {
   // "v1": bump when the image layout code (not the scripts) changes.
   const hash = createHash('sha256').update(`v1\0${version}\0${INIT}\0${DHCP_SCRIPT}\0${order.join(',')}\0`);
   hash.update(readFileSync(BUSYBOX));
+  const dhcpcd = dhcpcdFiles();
+  hash.update(`${DHCPCD_SCRIPT}\0${DHCPCD_CONF}\0${PASSWD}\0${GROUP}\0`);
+  for (const f of dhcpcd) hash.update(`${f.name}\0`).update(f.data);
   const initrd = path.join(CACHE_DIR, `initrd-${version}-${hash.digest('hex').slice(0, 16)}.cpio.gz`);
   if (existsSync(initrd)) return { kernel, bzImage, initrd, kernelVersion: version };
 
@@ -426,7 +547,7 @@ async function build(): Promise<Guest> {
     name: `${modName(rel)}.ko`,
     data: readModule(path.join(modDir, rel)),
   }));
-  await publish(initrd, gzipSync(cpioNewc(initramfsEntries(modules)), { level: 6 }));
+  await publish(initrd, gzipSync(cpioNewc(initramfsEntries(modules, dhcpcd)), { level: 6 }));
   return { kernel, bzImage, initrd, kernelVersion: version };
 }
 
@@ -454,6 +575,11 @@ export interface GuestOptions {
   qmpSocket?: string; // unix socket path for QMP (device_add for NIC hot-plug)
   qemu?: string; // default qemu-system-x86_64
   append?: string[]; // extra kernel command line words
+  /** podtap.ipv6: 'dhcpcd' runs dhcpcd -6 (router solicitation, then DHCPv6) after the IPv4 step; default none. */
+  ipv6?: 'dhcpcd' | 'none';
+  v6Wait?: number; // seconds dhcpcd gets for an address and a default route, default 30
+  /** NICs after `nic`, configured in this order (see podtap.more in the init script). */
+  more?: { nic: string; net: 'dhcp' | 'try' | 'none' }[];
 }
 
 /** The podtap.* words the guest's /init understands. */
@@ -477,6 +603,9 @@ export function guestCmdline(o: Omit<GuestOptions, 'guest'>): string[] {
   put('dhcpreq', o.dhcpRequest?.join(','));
   put('nic', o.nic);
   put('timeout', o.guestTimeout);
+  put('ipv6', o.ipv6);
+  put('v6wait', o.v6Wait);
+  put('more', o.more?.length ? o.more.map((m) => `${m.nic}:${m.net}`).join(',') : undefined);
   return words;
 }
 
@@ -572,6 +701,14 @@ export interface Resolv {
   raw: string[];
 }
 
+/** One NIC as the guest's report lists it (every NIC but lo). */
+export interface GuestLink {
+  name: string;
+  mac: string;
+  mtu?: number;
+  addresses: GuestAddress[];
+}
+
 export interface GuestSnapshot {
   seq: number;
   uptime?: number;
@@ -584,7 +721,20 @@ export interface GuestSnapshot {
   addresses: GuestAddress[];
   routes: GuestRoute[];
   resolv: Resolv;
+  /** podtap.ipv6 only: `nic`'s global IPv6 addresses, every IPv6 route, `nic`'s IPv6 neighbours (raw lines), and the DNS dhcpcd was given. */
+  addresses6: GuestAddress6[];
+  routes6: GuestRoute[];
+  neigh6: string[];
+  resolv6: Resolv;
+  /** Every NIC, in the guest's order (sysfs). */
+  links: GuestLink[];
   complete: boolean;
+}
+
+export interface GuestAddress6 {
+  local: string;
+  prefixlen: number;
+  raw: string;
 }
 
 export interface GuestPing {
@@ -615,6 +765,12 @@ export interface GuestReport {
   snapshots: GuestSnapshot[];
   last?: GuestSnapshot; // the last complete snapshot (else the last one)
   errors: string[];
+  /** NICs of podtap.more=X:try that got no DHCP lease. */
+  noLease: string[];
+  /** podtap.ipv6=dhcpcd: dhcpcd's hook events (reason, and what dhcpcd handed over), when it was ready, its log if it was not. */
+  dhcp6: DhcpEvent[];
+  ipv6Ready?: number;
+  dhcpcdLog: string[];
   done: boolean;
 }
 
@@ -701,9 +857,11 @@ function addResolv(r: Resolv, line: string) {
 export function parseGuestOutput(serial: string): GuestReport {
   const rep: GuestReport = {
     config: {}, dhcp: [], renewals: 0, renewRequested: false,
-    pings: [], ticks: [], snapshots: [], errors: [], done: false,
+    pings: [], ticks: [], snapshots: [], errors: [], noLease: [], done: false,
+    dhcp6: [], dhcpcdLog: [],
   };
   const dhcpBySeq = new Map<number, DhcpEvent>();
+  const dhcp6BySeq = new Map<number, DhcpEvent>();
   let snap: GuestSnapshot | undefined;
 
   for (const rawLine of serial.split('\n')) {
@@ -764,7 +922,8 @@ export function parseGuestOutput(serial: string): GuestReport {
       case 'report':
         snap = {
           seq: Number(first), uptime: num(second), addresses: [], routes: [],
-          resolv: { nameservers: [], search: [], options: [], raw: [] }, complete: false,
+          resolv: { nameservers: [], search: [], options: [], raw: [] }, links: [], complete: false,
+          addresses6: [], routes6: [], neigh6: [], resolv6: { nameservers: [], search: [], options: [], raw: [] },
         };
         rep.snapshots.push(snap);
         break;
@@ -800,6 +959,55 @@ export function parseGuestOutput(serial: string): GuestReport {
         break;
       case 'resolv':
         if (snap) addResolv(snap.resolv, value);
+        break;
+      case 'addr6': {
+        const a = /\binet6 ([0-9a-f:]+)\/(\d+)/i.exec(value);
+        if (snap && a) snap.addresses6.push({ local: a[1]!, prefixlen: Number(a[2]), raw: value });
+        break;
+      }
+      case 'route6':
+        if (snap && value) snap.routes6.push(parseRoute(value));
+        break;
+      case 'neigh6':
+        if (snap && value) snap.neigh6.push(value);
+        break;
+      case 'resolv6':
+        if (snap) addResolv(snap.resolv6, value);
+        break;
+      case 'ipv6-ready':
+        rep.ipv6Ready = num(first);
+        break;
+      case 'dhcpcd-log':
+        rep.dhcpcdLog.push(value);
+        break;
+      case 'dhcp6-event': {
+        const ev: DhcpEvent = { seq: Number(first), event: second ?? '', vars: {}, complete: false };
+        dhcp6BySeq.set(ev.seq, ev);
+        rep.dhcp6.push(ev);
+        break;
+      }
+      case 'dhcp6-var': {
+        const ev = dhcp6BySeq.get(Number(first));
+        const eq = afterFirst.indexOf('=');
+        if (ev && eq > 0) ev.vars[afterFirst.slice(0, eq)] = afterFirst.slice(eq + 1);
+        break;
+      }
+      case 'dhcp6-end': {
+        const ev = dhcp6BySeq.get(Number(first));
+        if (ev) ev.complete = true;
+        break;
+      }
+      case 'link':
+        if (snap && first && second) snap.links.push({ name: first, mac: second.toLowerCase(), mtu: num(third), addresses: [] });
+        break;
+      case 'linkaddr': {
+        const a = parseAddress(afterFirst);
+        const l = snap?.links.findLast((x) => x.name === first);
+        if (l && a) l.addresses.push(a);
+        break;
+      }
+      case 'nolease':
+        if (first) rep.noLease.push(first);
         break;
       case 'ping': {
         const [rcv, sent] = (third ?? '').split('/');

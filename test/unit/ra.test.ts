@@ -138,13 +138,14 @@ describe('raConfigFrom and the RA on the wire', () => {
     const v4only = raConfigFrom(podIdentity({ dns: { servers: ['10.96.0.10'], search: ['cluster.local'] } })).config;
     expect(v4only.rdnss).toBeUndefined();
     expect(parsed(v4only).rdnss).toEqual([]);
-    expect(parsed(v4only).dnssl).toEqual([{ domains: ['cluster.local'], lifetime: 1800 }]);
+    // A search list with no IPv6 resolver to use it is not sent either.
+    expect(parsed(v4only).dnssl).toEqual([]);
     const mixed = raConfigFrom(podIdentity({ dns: { servers: ['10.96.0.10', 'FD00:0::A', '2001:db8::53'], search: [] } })).config;
     expect(mixed.rdnss!.servers).toEqual(['fd00::a', '2001:db8::53']);
     expect(mixed.dnssl).toBeUndefined();
     const none = parsed(raConfigFrom(podIdentity({ dns: undefined })).config);
     expect([none.rdnss, none.dnssl]).toEqual([[], []]);
-    const bad = raConfigFrom(podIdentity({ dns: { servers: [], search: ['ok.example', 'not ok', 'also.ok.'] } }));
+    const bad = raConfigFrom(podIdentity({ dns: { servers: ['2001:db8::53'], search: ['ok.example', 'not ok', 'also.ok.'] } }));
     expect(bad.config.dnssl!.domains).toEqual(['ok.example', 'also.ok']);
     expect(bad.warnings.join()).toMatch(/"not ok" cannot be encoded/);
   });
