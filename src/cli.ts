@@ -187,7 +187,7 @@ async function upOrRun(command: 'up' | 'run', opts: Options, vmm: string[], log:
         throw new PodtapError('environment', `cannot write the readiness file ${readyFile(opts)}: ${(e as Error).message}`, 'give a writable --state-dir with some free space', e);
       }
       process.stdout.write(JSON.stringify(ready) + '\n');
-      log('info', 'ready', { nics: session.attachments.map((a) => `${a.interface}=${a.ipv4 ? `${a.ipv4.address}/${a.ipv4.prefixlen}` : 'L2'}`).join(' '), mac: first.mac, datapath: first.datapath, adopted: session.adopted });
+      log('info', 'ready', { nics: session.attachments.map((a) => `${a.interface}=${[...(a.ipv4 ? [`${a.ipv4.address}/${a.ipv4.prefixlen}`] : []), ...(a.ipv6?.addresses ?? [])].join(',') || 'L2'}`).join(' '), mac: first.mac, datapath: first.datapath, adopted: session.adopted });
     }
     if (!stop && command === 'run') {
       child = serving!.spawnVmm(vmm);

@@ -52,6 +52,16 @@ export interface NftTable {
   family: 'bridge' | 'netdev';
   name: typeof TABLE;
   nics: NicGuard[];
+  /**
+   * Bridge-path pod interfaces whose own stack must say nothing (netdev
+   * family, where the kernel has egress hooks): such a port wears a MAC the
+   * node never knew, and the kernel's last MLD reports for the addresses
+   * podtap took away would go out with it, past the bridge's hooks. Every
+   * frame the VM sends carries the VM's MAC, so any other source is the
+   * pod's stack. (On the redirect path the pod interface keeps the VM's
+   * MAC: what its stack says then is the pod's, as before podtap.)
+   */
+  quiet?: { nic: number; podIf: string; vmMac: string }[];
 }
 
 /** Broadcast and multicast frames per second the guest may send (ARP, ND, DHCP need a handful). */
@@ -208,11 +218,19 @@ function bridgeTable(t: NftTable): string {
 }
 
 function netdevTable(t: NftTable): string {
+  const quiet = (t.quiet ?? []).map((x) =>
+    chain(
+      `out${x.nic}`,
+      `type filter hook egress device ${q(x.podIf)} priority filter; policy accept;`,
+      [`ether saddr != ${x.vmMac} counter drop comment "pod-stack"`],
+    ),
+  );
   return t.nics
     .flatMap((g) => [
       ...direction(`vm${g.nic}`, `type filter hook ingress device ${q(g.tap)} priority filter; policy drop;`, fromVmRules(g), [`fwd to ${q(g.podIf)}`]),
       ...direction(`pod${g.nic}`, `type filter hook ingress device ${q(g.podIf)} priority filter; policy drop;`, fromPodRules(), [`fwd to ${q(g.tap)}`]),
     ])
+    .concat(quiet)
     .join('');
 }
 
@@ -239,7 +257,15 @@ export function validateNftTable(t: NftTable): void {
   if (!t || typeof t !== 'object') bad('nftables table', t);
   if (t.family !== 'bridge' && t.family !== 'netdev') bad('nftables family', t.family);
   if (t.name !== TABLE) bad('nftables table name (podtap loads only its own)', t.name);
-  if (!Array.isArray(t.nics) || t.nics.length < 1 || t.nics.length > 64) bad('NIC list', t.nics);
+  if (!Array.isArray(t.nics) || t.nics.length > 64 || (t.nics.length < 1 && !t.quiet?.length)) bad('NIC list', t.nics);
+  if (t.quiet !== undefined) {
+    if (t.family !== 'netdev' || !Array.isArray(t.quiet) || t.quiet.length > 64) bad('quiet list', t.quiet);
+    for (const x of t.quiet) {
+      if (!Number.isInteger(x?.nic) || x.nic < 0 || x.nic > 63) bad('NIC index', x?.nic);
+      if (typeof x.podIf !== 'string' || !validIfname(x.podIf)) bad('interface name', x.podIf);
+      if (typeof x.vmMac !== 'string' || !validMac(x.vmMac)) bad('MAC', x.vmMac);
+    }
+  }
   for (const g of t.nics) {
     if (!Number.isInteger(g.nic) || g.nic < 0 || g.nic > 63) bad('NIC index', g.nic);
     for (const n of [g.podIf, g.tap, ...(g.bridge !== undefined ? [g.bridge] : [])]) if (typeof n !== 'string' || !validIfname(n)) bad('interface name', n);

@@ -243,8 +243,15 @@ export function plan(pod: Pod, links: Link[], opts: PlanOptions, gen: (nic: numb
       const ports = (proto: 'tcp' | 'udp') => opts.forwardPorts!.filter((f) => f.proto === proto).map((f) => f.port);
       return { ...g, forward: { address: forward.from, tcp: ports('tcp'), udp: ports('udp'), ...(a.bridgeMac ? { bridgeMac: a.bridgeMac } : {}) } };
     });
-    if (!nics.length) continue;
-    const table: NftTable = { family, name: TABLE, nics };
+    // Where the kernel has egress hooks, a bridge port's own stack is
+    // silenced there (with antispoof only: without it the guest may send
+    // from any MAC, and the hook could not tell its frames apart).
+    const quiet =
+      family === 'netdev' && opts.support.egress && opts.antispoof
+        ? attachments.filter((a) => a.datapath === 'bridge').map((a) => ({ nic: a.nic, podIf: a.interface, vmMac: a.mac }))
+        : [];
+    if (!nics.length && !quiet.length) continue;
+    const table: NftTable = { family, name: TABLE, nics, ...(quiet.length ? { quiet } : {}) };
     steps.push({ id: `guard/${family}`, do: [{ op: 'nft-load', table }], undo: [{ op: 'nft-delete', family, name: TABLE }], background: true });
   }
   return { attachments, serverId, ...(forward ? { forward } : {}), steps };

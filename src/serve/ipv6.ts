@@ -79,6 +79,8 @@ export interface Ipv6Stats {
 
 export interface Ipv6Server {
   stats(): Ipv6Stats;
+  /** The last advertisement, with every lifetime 0, while the guest can still hear it. */
+  withdraw(): void;
   close(): Promise<void>;
 }
 
@@ -211,7 +213,7 @@ export async function startIpv6Server(iface: PodInterface, a: Attachment, dns: D
   let asking: { close(): void; timer: NodeJS.Timeout } | undefined;
   const stopAsking = () => {
     if (!asking) return;
-    clearInterval(asking.timer);
+    clearTimeout(asking.timer);
     // Not from inside the socket's own callback: close once it returns.
     const a2 = asking;
     asking = undefined;
@@ -234,8 +236,10 @@ export async function startIpv6Server(iface: PodInterface, a: Attachment, dns: D
       stopAsking();
       startAdvertising();
     });
+    // Every second at first, then every 5 s: a gateway that never answers
+    // is asked on, but not at a rate anyone would notice.
     let tries = 0;
-    const t = setInterval(() => {
+    const tick = () => {
       tries++;
       try {
         ask();
@@ -243,7 +247,9 @@ export async function startIpv6Server(iface: PodInterface, a: Attachment, dns: D
         limited('ask-gw', 'warn', `ipv6: asking the gateway ${v6.gateway} its MAC failed: ${(e as Error).message}`, { nic: a.nic });
       }
       if (tries === 5) log('warn', `ipv6: the gateway ${v6.gateway} does not answer neighbour solicitations on ${a.interface}; the guest gets no IPv6 router until it does`, { nic: a.nic });
-    }, 1000);
+      if (asking) asking.timer = setTimeout(tick, tries < 5 ? 1000 : 5000);
+    };
+    const t = setTimeout(tick, 1000);
     asking = { close: () => pod.close(), timer: t };
     try {
       ask();
@@ -253,17 +259,26 @@ export async function startIpv6Server(iface: PodInterface, a: Attachment, dns: D
   } else if (!needsGatewayMac || gatewayMac) startAdvertising();
   if (needsGatewayMac && !gatewayMac && !opts.podPort) log('warn', `ipv6: the gateway ${v6.gateway}'s MAC is unknown; the guest gets no IPv6 router`, { nic: a.nic });
 
+  let withdrawn = false;
+  // The guest drops the router and its routes at once rather than at their
+  // lifetime's end: the pod network is going away.
+  function withdraw(): void {
+    if (withdrawn || closed) return;
+    withdrawn = true;
+    scheduler.stop();
+    if (scheduler.sent > 0) send(routerAdvertisementFrame(withdrawal(ra), { srcMac: a.serverMac }), 'final router advertisement');
+  }
+
   log('info', 'ipv6: serving', { nic: a.nic, device: opts.port.name, router: v6.router, addresses: v6.addresses.join(','), ...(gatewayMac ? { gatewayMac } : {}) });
   return {
     stats: () => ({
       ra: { sent: scheduler.sent, solicited, ...(gatewayMac ? { gatewayMac } : {}), needsGatewayMac: needsGatewayMac && !gatewayMac },
       dhcp6: { ...lease.snapshot(now()), dropped: { ...dropped } },
     }),
+    withdraw,
     close: async () => {
       if (closed) return;
-      // The guest drops the router and its routes at once rather than at
-      // their lifetime's end: the pod network is going away.
-      if (scheduler.sent > 0) send(routerAdvertisementFrame(withdrawal(ra), { srcMac: a.serverMac }), 'final router advertisement');
+      withdraw();
       closed = true;
       scheduler.stop();
       if (timer) clearTimeout(timer);

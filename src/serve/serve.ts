@@ -133,6 +133,9 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
   const closers: (() => Promise<void> | void)[] = [];
   const readyFields: Record<string, unknown> = {};
   const close = async () => {
+    // Before anything is unplugged or stopped: the guests' last router
+    // advertisements, while the NICs still reach them.
+    for (const s of ipv6.values()) s.withdraw();
     for (const c of closers.reverse()) {
       try {
         await c();

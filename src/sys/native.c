@@ -298,13 +298,25 @@ FN(PacketOpen) {
   return num(env, fd);
 }
 
-/* packetSend(fd, frame) -> bytes sent or -errno (never blocks). */
+/*
+ * packetSend(fd, ifindex, frame) -> bytes sent or -errno (never blocks).
+ * Sent to the device with the frame's own ethertype as the protocol, so
+ * the kernel sees what it carries (nftables egress hooks match IPv6 only
+ * in a frame whose protocol says IPv6, not the socket's ETH_P_ALL).
+ */
 FN(PacketSend) {
-  ARGS(2);
+  ARGS(3);
   void *data;
   size_t len;
-  if (!bytes(env, argv[1], &data, &len)) return num(env, -EINVAL);
-  return num(env, RETRY(send((int)i64(env, argv[0]), data, len, MSG_DONTWAIT)));
+  if (!bytes(env, argv[2], &data, &len) || len < 14) return num(env, -EINVAL);
+  struct sockaddr_ll to;
+  memset(&to, 0, sizeof to);
+  to.sll_family = AF_PACKET;
+  to.sll_ifindex = (int)i64(env, argv[1]);
+  memcpy(&to.sll_protocol, (char *)data + 12, 2);
+  to.sll_halen = 6;
+  memcpy(to.sll_addr, data, 6);
+  return num(env, RETRY(sendto((int)i64(env, argv[0]), data, len, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof to)));
 }
 
 /* A packet socket watched by libuv: each received frame goes to a JS callback. */

@@ -130,7 +130,7 @@ interface Addon {
   ifNameToIndex(name: string): number;
   flock(fd: number, op: number): number;
   packetOpen(ifindex: number, protocol: number, filter: Buffer): number;
-  packetSend(fd: number, frame: Buffer): number;
+  packetSend(fd: number, ifindex: number, frame: Buffer): number;
   packetWatch(fd: number, onFrame: (frame: Buffer) => void): object | number;
   packetUnwatch(handle: object): number;
 }
@@ -610,7 +610,7 @@ export function openPacketSocket(ifname: string, filter: readonly BpfInsn[]): Pa
     ifname,
     send(frame) {
       if (closed) throw new SyscallError('send', E.EBADF, `send on ${ifname}: the packet socket is closed`);
-      const [n, err] = call(() => c.packetSend(fd, frame));
+      const [n, err] = call(() => c.packetSend(fd, ifindex, frame));
       if (n < 0) fail('send', err, `send a ${frame.length}-byte frame on ${ifname}`);
     },
     watch(onFrame) {

@@ -9,8 +9,9 @@ import { run } from './exec.ts';
 import { renderTable, TABLE, type NftTable } from '../plan/guard.ts';
 import type { DatapathSupport } from '../plan/datapath/index.ts';
 
-function probeTable(family: NftTable['family']): string {
+function probeTable(family: NftTable['family'], egress = false): string {
   return renderTable({
+    ...(egress ? { quiet: [{ nic: 0, podIf: 'lo', vmMac: '02:00:00:00:00:01' }] } : {}),
     family,
     name: TABLE,
     nics: [
@@ -39,8 +40,11 @@ async function check(script: string): Promise<string | undefined> {
 }
 
 export async function probeNft(): Promise<DatapathSupport> {
-  const [bridge, netdev] = await Promise.all([check(probeTable('bridge')), check(probeTable('netdev'))]);
+  // Two processes on the usual path: the bridge family, and netdev with
+  // egress hooks; only a kernel without egress hooks costs a third.
+  const [bridge, full] = await Promise.all([check(probeTable('bridge')), check(probeTable('netdev', true))]);
   if (bridge)
     throw new PodtapError('environment', `nftables cannot load podtap's guard (bridge family): ${bridge.split('\n')[0]}`, 'use a kernel with nf_tables and its bridge family (nft_meta_bridge), and nftables 0.9.3 or newer');
-  return { redirect: netdev === undefined };
+  if (full === undefined) return { redirect: true, egress: true };
+  return { redirect: (await check(probeTable('netdev'))) === undefined, egress: false };
 }

@@ -22,6 +22,8 @@ export const DEFAULT_DATAPATH: Datapath = 'redirect';
 export interface DatapathSupport {
   /** nftables netdev ingress with `fwd` works in this kernel. */
   redirect: boolean;
+  /** nftables netdev egress hooks (Linux 5.16+): the pod's own stack can be kept silent. */
+  egress?: boolean;
 }
 
 /** Chooses one interface's data path, or refuses a choice that cannot work for it. */
