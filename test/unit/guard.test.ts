@@ -313,6 +313,25 @@ describe('guard: answers on forwarded ports (--forward-port)', () => {
   });
 });
 
+describe('guard: a bridge port\'s own stack (netdev egress)', () => {
+  it('drops, on the pod interface\'s way out, every frame whose source is not the VM\'s MAC', () => {
+    const t: NftTable = { family: 'netdev', name: TABLE, nics: [], quiet: [{ nic: 0, podIf: 'eth0', vmMac: VM_MAC }, { nic: 1, podIf: 'net1', vmMac: '0a:58:0a:1e:00:05' }] };
+    const s = parseNftScript(renderTable(t));
+    expect([...s.chains.keys()]).toEqual(['out0', 'out1']);
+    expect(chainOf(s, 'out0')).toEqual({ head: 'type filter hook egress device "eth0" priority filter; policy accept;', rules: [`ether saddr != ${VM_MAC} counter drop comment "pod-stack"`] });
+    expect(chainOf(s, 'out1').rules).toEqual(['ether saddr != 0a:58:0a:1e:00:05 counter drop comment "pod-stack"']);
+    expect(() => validateNftTable(t)).not.toThrow();
+  });
+
+  it('is refused in the bridge family, or with a bad name or MAC', () => {
+    const q = { nic: 0, podIf: 'eth0', vmMac: VM_MAC };
+    expect(() => validateNftTable({ family: 'bridge', name: TABLE, nics: [DUAL], quiet: [q] })).toThrow(/bad quiet list/);
+    expect(() => validateNftTable({ family: 'netdev', name: TABLE, nics: [], quiet: [{ ...q, podIf: 'eth0"' }] })).toThrow(/bad interface name/);
+    expect(() => validateNftTable({ family: 'netdev', name: TABLE, nics: [], quiet: [{ ...q, vmMac: 'any' }] })).toThrow(/bad MAC/);
+    expect(() => validateNftTable({ family: 'netdev', name: TABLE, nics: [] })).toThrow(/bad NIC list/);
+  });
+});
+
 describe('validateNftTable', () => {
   it('accepts what podtap writes, for both families', () => {
     for (const family of FAMILIES) expect(() => validateNftTable(tableOf(family, DUAL, { ...L2, nic: 1, podIf: 'net3', tap: 'tap1' }))).not.toThrow();
