@@ -1,21 +1,29 @@
-# podtap container images, on Node 24 and Debian bookworm.
+# podtap container images, on Node 24 and Debian bookworm. From the
+# repository root (podman or docker alike):
 #
-#   docker build -t podtap .                      # agent (default): podtap + iproute2 + nftables
-#   docker build --target qemu -t podtap:qemu .   # agent + QEMU (x86_64, TCG or KVM)
+#   podman build -t podtap:latest .                      # agent (default): podtap + iproute2 + nftables
+#   podman build --target qemu -t podtap-qemu:latest .   # agent + QEMU (x86_64, TCG or KVM)
+#
+# These are the names init/pod-sidecar.yaml and init/pod-entrypoint.yaml use;
+# push them where the cluster pulls from (docs/containers.md).
 #
 # agent: podtap on its own. The sidecar pattern (init/pod-sidecar.yaml: podtap
 #   serves the TAP fds to a VMM in another container), or `podtap up` with
 #   --qmp, --ch-api or --persist-tap for a VMM started some other way.
 # qemu: the entrypoint pattern (init/pod-entrypoint.yaml): podtap wraps QEMU,
-#   `IMAGE qemu-system-x86_64 ... -netdev tap,id=net0,fd={fd} ...`.
+#   `IMAGE qemu-system-x86_64 ... -netdev tap,id=net0,fd={fd} ...`; also the
+#   VMM container of the sidecar pattern (`podtap exec -- qemu-system-x86_64 ...`).
 #   qemu-system-x86 without its recommendations: the emulator, SeaBIOS, the
 #   iPXE option ROMs of the virtio NIC and QEMU's own ROMs (linuxboot for
 #   -kernel); no GUI, no qemu-img, no OVMF. KVM is used when the container
 #   also gets /dev/kvm, TCG otherwise.
 #
-# Run either with the NET_ADMIN capability and the tun device, in the pod's
-# network namespace (where a container runs anyway), not privileged:
-#   docker run --cap-add NET_ADMIN --device /dev/net/tun podtap:qemu qemu-system-x86_64 ...
+# The entrypoint (init/entrypoint.sh) runs `podtap up` without arguments,
+# podtap's own commands and options as given, and `podtap run -- ARGS` for
+# anything else. Run either image with the NET_ADMIN capability and the tun
+# device, in the pod's network namespace (where a container runs anyway), not
+# privileged:
+#   podman run --cap-add NET_ADMIN --device /dev/net/tun podtap-qemu:latest qemu-system-x86_64 ...
 #
 # Build arguments:
 #   BASE       a Debian bookworm image with Node 24 and npm on PATH; default the
@@ -39,7 +47,9 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 # The `node` devDependency's install script fetches Node's own package with
 # its headers (uv.h, node_api.h), which the addon is compiled against. The
-# image's Node runs the build; that second Node stays in this stage.
+# image's Node runs the build; that second Node stays in this stage. npm ci
+# also runs package.json's `prepare` script, which builds only where src/ is
+# there: not yet here, so that a change to src/ does not re-run npm ci.
 RUN if [ -n "$CA_BUNDLE" ]; then export NPM_CONFIG_CAFILE="$CA_BUNDLE"; fi \
  && npm ci --no-audit --no-fund
 COPY src ./src

@@ -1,11 +1,20 @@
 #!/bin/sh
-# Container entrypoint. With arguments, they are the VMM command line and
-# podtap wraps it (`podtap run -- ARGS`); without, podtap serves as a sidecar
-# (`podtap up`, configured through PODTAP_* variables such as
-# PODTAP_FD_SOCKET). podtap replaces this shell so it receives the signals.
+# The images' entrypoint.
+#
+#   IMAGE                          podtap up (a sidecar; configured with PODTAP_* variables,
+#                                  e.g. PODTAP_FD_SOCKET, PODTAP_STATE_DIR)
+#   IMAGE up|run|down|inspect|exec|status [ARGS...]
+#                                  that podtap command
+#   IMAGE --help | --version       podtap's
+#   IMAGE VMM [ARGS...]            podtap run -- VMM ARGS...: podtap wraps the VMM
+#                                  (options through PODTAP_* variables)
+#
+# podtap replaces this shell, so it is the container's process 1 and gets the
+# engine's signals itself.
 set -e
-if [ "$#" -gt 0 ] && [ "$1" != "up" ] && [ "$1" != "run" ] && [ "$1" != "down" ] && [ "$1" != "inspect" ] && [ "$1" != "exec" ]; then
-  exec podtap run -- "$@"
-fi
-[ "$#" -gt 0 ] || set -- up
+case "${1:-}" in
+  "") set -- up ;;
+  up | run | down | inspect | exec | status | -*) ;;
+  *) set -- run -- "$@" ;;
+esac
 exec podtap "$@"

@@ -5,6 +5,7 @@
 import { spawn } from 'node:child_process';
 import { openStateDir, removeStateFile, writeStateFile } from './journal/statedir.ts';
 import { Journal } from './journal/journal.ts';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { constants } from 'node:os';
 import { PodtapError } from './errors.ts';
@@ -254,11 +255,21 @@ async function status(opts: Options): Promise<number> {
   // Nobody answers: say what that means.
   let journal: Journal | undefined;
   let why = '';
-  try {
-    openStateDir(opts.stateDir, false);
-    journal = Journal.load(opts.stateDir);
-  } catch (e) {
-    why = e instanceof PodtapError ? e.describe() : (e as Error).message;
+  const code = (text as NodeJS.ErrnoException).code;
+  const meaning =
+    code === 'ENOENT'
+      ? 'no podtap serves this socket (not started, or stopped)'
+      : code === 'ECONNREFUSED'
+        ? 'the podtap that served it died (a restarted `podtap up` adopts the running VM)'
+        : `${code ?? text.message}`;
+  if (!existsSync(opts.stateDir)) why = `${opts.stateDir} is not in this container (ask from podtap's container, or give --state-dir)`;
+  else {
+    try {
+      openStateDir(opts.stateDir, false);
+      journal = Journal.load(opts.stateDir);
+    } catch (e) {
+      why = e instanceof PodtapError ? e.describe() : (e as Error).message;
+    }
   }
   const doc = {
     running: false,
@@ -269,7 +280,7 @@ async function status(opts: Options): Promise<number> {
   };
   if (opts.json) process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
   else {
-    const lines = [`podtap is not answering on ${path} (${doc.error}).`];
+    const lines = [`podtap is not answering on ${path}: ${meaning}.`];
     if (journal)
       lines.push(
         `The journal in ${opts.stateDir} says podtap (pid ${journal.state.pid}) set up ${doc.journal!.nics.join(', ')} and died during "${journal.state.phase}".`,

@@ -200,6 +200,9 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
   checkSocketPaths(opts);
   const lock = await Lock.acquire(opts.stateDir, 'set up');
   try {
+    // A dead podtap's ready file must not pass a readiness probe while this
+    // one decides whether it can adopt.
+    removeStateFile(join(opts.stateDir, 'ready'));
     const existing = Journal.load(opts.stateDir);
     if (existing && existing.state.phase !== 'ready')
       throw new PodtapError('conflict', `a journal from an earlier podtap run (pid ${existing.state.pid}, ${existing.state.createdAt}) that died during ${existing.state.phase} is in ${existing.path}`, 'run `podtap down` to restore the namespace first');

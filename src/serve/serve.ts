@@ -295,18 +295,19 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
       const drops = await guardCounters([...new Set(nics.map((a) => (a.datapath === 'bridge' ? ('bridge' as const) : ('netdev' as const))))]);
       const held = session.fds.map((f) => f.length);
       const vmm = child ? { pid: child.pid, running: child.exitCode === null && child.signalCode === null } : undefined;
-      const summary =
-        handoffMode === 'run'
-          ? vmm ? `podtap started the VMM (pid ${vmm.pid}, ${vmm.running ? 'running' : 'exited'})` : 'the VMM is not started yet'
-          : handoffMode === 'fd-socket'
-            ? `serving fds on ${opts.fdSocket}: ${fdServer?.served ?? 0} fetches so far${fdServer?.served ? '' : ' (has the VMM container run `podtap exec`?)'}`
-            : handoffMode === 'persistent-tap'
-              ? `persistent taps ${nics.map((a) => a.tap).join(', ')} for a VMM that opens them by name`
-              : `hot-plugged into ${handoffMode === 'qmp' ? `QEMU (${opts.qmp})` : `Cloud Hypervisor (${opts.chApi})`} as ${nics.map((a) => nicId(a.nic)).join(', ')}`;
       return {
         time: Date.now(),
         podtap: { version: VERSION, pid: process.pid, adopted: session.adopted, readyAt, stateDir: opts.stateDir },
-        handoff: { mode: handoffMode, summary, fdsHeld: held, ...(vmm ? { vmm } : {}), ...(fdServer ? { fetches: fdServer.served } : {}) },
+        handoff: {
+          mode: handoffMode,
+          fdsHeld: held,
+          ...(vmm ? { vmm } : {}),
+          ...(opts.fdSocket ? { fdSocket: opts.fdSocket, fetches: fdServer?.served ?? 0 } : {}),
+          ...(opts.qmp ? { qmp: opts.qmp } : {}),
+          ...(opts.chApi ? { chApi: opts.chApi } : {}),
+          ...(opts.qmp || opts.chApi ? { devices: nics.map((a) => nicId(a.nic)) } : {}),
+          ...(opts.persistTap ? { taps: nics.map((a) => a.tap) } : {}),
+        },
         nics: nics.map((a) => {
           const d = dhcp4.get(a.nic)?.stats();
           const v6 = ipv6.get(a.nic)?.stats();

@@ -107,15 +107,26 @@ const DROP_HINTS: Record<string, (nic: Json) => string> = {
 };
 
 /**
- * The hand-off line. For the fd socket it is made from the fields, not the
- * summary: after an adoption, no fetch from this podtap is the normal case.
+ * The hand-off line, from the structured fields. For the fd socket: after an
+ * adoption, no fetch from this podtap is the normal case.
  */
 function handoffLine(h: Json, p: Json): string {
-  const m = /^serving fds on (.*): \d+ fetches so far/.exec(String(h.summary ?? ''));
-  if (h.mode !== 'fd-socket' || !m) return String(h.summary);
+  const list = (x: unknown) => (Array.isArray(x) ? x.join(', ') : '');
+  switch (h.mode) {
+    case 'run': {
+      const vmm = h.vmm as Json | undefined;
+      return vmm ? `podtap started the VMM (pid ${vmm.pid}, ${vmm.running ? 'running' : 'exited'})` : 'the VMM is not started yet';
+    }
+    case 'qmp':
+      return `hot-plugged into QEMU (${h.qmp}) as ${list(h.devices)}`;
+    case 'cloud-hypervisor':
+      return `hot-plugged into Cloud Hypervisor (${h.chApi}) as ${list(h.devices)}`;
+    case 'persistent-tap':
+      return `persistent taps ${list(h.taps)} for a VMM that opens them by name`;
+  }
   const n = typeof h.fetches === 'number' ? h.fetches : 0;
   const held = Array.isArray(h.fdsHeld) ? (h.fdsHeld as number[]) : [];
-  const at = `serving fds on ${m[1]}`;
+  const at = `serving fds on ${h.fdSocket}`;
   if (n > 0) return `${at}: fetched ${n} time${n === 1 ? '' : 's'}${p.adopted ? ' since podtap adopted the VM' : ''}`;
   if (p.adopted && held.every((x) => x === 0)) return `${at}: the running VMM holds the TAP (podtap adopted it); a restarted VMM fetches it again here`;
   return `${at}: never fetched, so the VMM has no TAP (has the VMM container run \`podtap exec\` with this socket?)`;
