@@ -40,6 +40,8 @@ export interface NicGuard {
   reservedLinkLocal: string[];
   /** The router address podtap answers neighbour solicitations for: the guest's solicitations for it stay inside. */
   ndProxy?: string;
+  /** The DHCPv4 server identifier podtap answers ARP for: the guest's requests for it stay inside. */
+  serverId?: string;
   /**
    * Ports forwarded from the pod namespace (--forward-port): the guest's
    * answers to podtap's address on these ports go to the pod's stack
@@ -104,7 +106,7 @@ export function fromVmRules(g: NicGuard): Rules {
     `udp dport 67 drop`,
     `udp sport 67 counter drop comment "dhcp-server"`,
   ];
-  const arp: string[] = [];
+  const arp: string[] = g.serverId ? [`arp daddr ip ${g.serverId} drop`] : [];
   const ip6 = [
     `udp dport 547 drop`,
     `icmpv6 type nd-router-solicit drop`,
@@ -278,6 +280,7 @@ export function validateNftTable(t: NftTable): void {
     const ll = (a: unknown) => v6(a) && /^fe[89ab]/i.test(a as string);
     if (!Array.isArray(g.guestLinkLocal) || g.guestLinkLocal.length < 1 || g.guestLinkLocal.length > 4 || !g.guestLinkLocal.every(ll)) bad('guest link-local list', g.guestLinkLocal);
     if (g.ndProxy !== undefined && !v6(g.ndProxy)) bad('router address', g.ndProxy);
+    if (g.serverId !== undefined && (typeof g.serverId !== 'string' || parseIpv4(g.serverId) === undefined)) bad('server identifier', g.serverId);
     if (g.forward !== undefined) {
       const f = g.forward;
       const ports = (p: unknown) => Array.isArray(p) && p.length <= 64 && p.every((x) => Number.isInteger(x) && x >= 1 && x <= 65535);

@@ -238,7 +238,7 @@ export function plan(pod: Pod, links: Link[], opts: PlanOptions, gen: (nic: numb
   for (const family of ['bridge', 'netdev'] as const) {
     const path: Datapath = family === 'bridge' ? 'bridge' : 'redirect';
     const nics = attachments.filter((a) => a.datapath === path).map((a) => {
-      const g = guardOf(a, pod.interfaces[a.nic]!, opts.antispoof);
+      const g = { ...guardOf(a, pod.interfaces[a.nic]!, opts.antispoof), ...(a.ipv4 ? { serverId: serverId.split('/')[0]! } : {}) };
       if (forward?.nic !== a.nic) return g;
       const ports = (proto: 'tcp' | 'udp') => opts.forwardPorts!.filter((f) => f.proto === proto).map((f) => f.port);
       return { ...g, forward: { address: forward.from, tcp: ports('tcp'), udp: ports('udp'), ...(a.bridgeMac ? { bridgeMac: a.bridgeMac } : {}) } };

@@ -14,6 +14,8 @@ import type { BpfInsn } from '../sys/native.ts';
 /** A device's frames, as the servers use them; an in-memory one stands in for tests. */
 export interface FramePort {
   readonly name: string;
+  /** The device's index when the port was opened: a TAP made again gets another. */
+  readonly ifindex?: number;
   send(frame: Buffer): void;
   onFrame(handler: (frame: Buffer) => void): void;
   close(): void;
@@ -61,14 +63,17 @@ const UNTAGGED = [{ op: LDW_ABS, k: VLAN_TAG_PRESENT }, { op: JEQ, k: 0, f: 'rej
 
 /**
  * A TAP's server traffic: IPv4 UDP to port 67 (not fragments), IPv6 UDP to
- * port 547, ICMPv6 router and neighbour solicitations. VLAN-tagged frames
- * never match: the guest's identity is served untagged only.
+ * port 547, ICMPv6 router and neighbour solicitations, and, given the DHCPv4
+ * server identifier, ARP requests for it (a client renewing on a NIC without
+ * a route to the server asks for it there). VLAN-tagged frames never match:
+ * the guest's identity is served untagged only.
  */
-export const SERVER_FILTER: BpfInsn[] = assemble([
+export function serverFilter(serverId?: number): BpfInsn[] {
+  return assemble([
   ...UNTAGGED,
   { op: LDH_ABS, k: 12 },
   { op: JEQ, k: 0x0800, t: 'v4' },
-  { op: JEQ, k: 0x86dd, t: 'v6', f: 'reject' },
+  { op: JEQ, k: 0x86dd, t: 'v6', f: serverId === undefined ? 'reject' : 'arp' },
   { label: 'v4' },
   { op: LDB_ABS, k: 23 },
   { op: JEQ, k: 17, f: 'reject' },
@@ -87,8 +92,21 @@ export const SERVER_FILTER: BpfInsn[] = assemble([
   { op: LDB_ABS, k: 54 },
   { op: JEQ, k: 133, t: 'accept' },
   { op: JEQ, k: 135, t: 'accept', f: 'reject' },
+  ...(serverId === undefined
+    ? []
+    : [
+        { label: 'arp' },
+        { op: JEQ, k: 0x0806, f: 'reject' },
+        { op: LDH_ABS, k: 20 }, // operation: a request
+        { op: JEQ, k: 1, f: 'reject' },
+        { op: LDW_ABS, k: 38 }, // the address asked for
+        { op: JEQ, k: serverId >>> 0, t: 'accept', f: 'reject' },
+      ]),
   ...ACCEPT,
-]);
+  ]);
+}
+
+export const SERVER_FILTER: BpfInsn[] = serverFilter();
 
 /** A pod interface's neighbour advertisements: how podtap learns the IPv6 gateway's MAC. */
 export const ADVERT_FILTER: BpfInsn[] = assemble([
@@ -115,8 +133,10 @@ export function runFilter(prog: readonly BpfInsn[], frame: Buffer, meta: { vlanT
     const u16 = (o: number) => (o + 1 < frame.length ? frame.readUInt16BE(o) : undefined);
     switch (op) {
       case LDW_ABS:
-        if (k !== VLAN_TAG_PRESENT) throw new Error(`bpf: unmodelled load at ${k}`);
-        a = meta.vlanTagged ? 1 : 0;
+        if (k === VLAN_TAG_PRESENT) a = meta.vlanTagged ? 1 : 0;
+        else if (k >= 0xfffff000) throw new Error(`bpf: unmodelled load at ${k}`);
+        else if (k + 3 < frame.length) a = frame.readUInt32BE(k);
+        else return 0;
         break;
       case LDH_ABS:
       case LDH_IND: {
@@ -158,6 +178,7 @@ export async function openDevicePort(ifname: string, filter: readonly BpfInsn[])
   const sock = openPacketSocket(ifname, filter);
   return {
     name: ifname,
+    ifindex: sock.ifindex,
     send: (frame) => sock.send(frame),
     onFrame: (handler) => sock.watch(handler),
     close: () => sock.close(),

@@ -12,6 +12,8 @@ import type { Session } from '../lifecycle.ts';
 import type { Attachment } from '../plan/attachment.ts';
 import { PlaceholderError, substituteArgv, usedPlaceholders, vmmFdNumbers, type PlaceholderInput } from '../handoff/placeholders.ts';
 import type { FramePort } from './packet.ts';
+import type { BpfInsn } from '../sys/native.ts';
+import { ipv4 } from '../net/ipv4.ts';
 import type { DhcpServer } from './dhcp4/server.ts';
 import type { Ipv6Server } from './ipv6.ts';
 import type { Forwarder } from './forward.ts';
@@ -85,9 +87,21 @@ function warnAll(log: Logger, warnings: string[]): void {
   if (warnings.length > shown) log('warn', `${warnings.length - shown} more warnings like these`);
 }
 
-/** Lets several servers share one NIC's packet socket. */
-function share(port: FramePort): { sub(): FramePort; close(): void } {
+interface SharedPort {
+  sub(): FramePort;
+  /** The TAP was made again (a VMM left and took it with it): serve on the new one. */
+  replace(port: FramePort): void;
+  readonly ifindex: number | undefined;
+  close(): void;
+}
+
+/** Lets several servers share one NIC's packet socket, which can be swapped under them. */
+function share(first: FramePort): SharedPort {
   const handlers: ((f: Buffer) => void)[] = [];
+  let port = first;
+  const dispatch = (f: Buffer) => {
+    for (const x of handlers) x(f);
+  };
   let watching = false;
   return {
     sub() {
@@ -98,13 +112,19 @@ function share(port: FramePort): { sub(): FramePort; close(): void } {
           handlers.push(h);
           if (!watching) {
             watching = true;
-            port.onFrame((f) => {
-              for (const x of handlers) x(f);
-            });
+            port.onFrame(dispatch);
           }
         },
         close: () => {},
       };
+    },
+    replace(next) {
+      port.close();
+      port = next;
+      if (watching) port.onFrame(dispatch);
+    },
+    get ifindex() {
+      return port.ifindex;
     },
     close: () => port.close(),
   };
@@ -146,6 +166,7 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
   };
   const nics = session.attachments;
   const dhcp4 = new Map<number, DhcpServer>();
+  const ports = new Map<number, { port: SharedPort; filter: BpfInsn[] }>();
   const ipv6 = new Map<number, Ipv6Server>();
   let forwarder: Forwarder | undefined;
   let child: ChildProcess | undefined;
@@ -157,7 +178,7 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
       const { dhcpConfigFrom } = await import('./dhcp4/config.ts');
       const { startDhcpServer } = await import('./dhcp4/server.ts');
       const { startIpv6Server } = await import('./ipv6.ts');
-      const { openDevicePort, SERVER_FILTER, ADVERT_FILTER } = await import('./packet.ts');
+      const { openDevicePort, serverFilter, ADVERT_FILTER } = await import('./packet.ts');
       const { linkLocalBinder } = await import('./savi.ts');
       const binder = linkLocalBinder(session.journal, log);
       const served: Record<string, unknown>[] = [];
@@ -174,7 +195,9 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
         warnAll(nicLog, warnings);
         // An L2-only interface: nothing to hand out.
         if (!config && !a.ipv6) continue;
-        const port = share(await openDevicePort(a.tap, SERVER_FILTER));
+        const filter = serverFilter(config ? ipv4(config.serverId) : undefined);
+        const port = share(await openDevicePort(a.tap, filter));
+        ports.set(a.nic, { port, filter });
         closers.push(() => port.close());
         if (config) {
           const server = await startDhcpServer(config, { log: nicLog, port: port.sub(), serverMac: a.serverMac });
@@ -209,7 +232,17 @@ export async function serve(session: Session, opts: Options, log: Logger): Promi
           path: opts.fdSocket!,
           mode: opts.fdSocketMode,
           fds: async () => {
-            for (const a of nics) if (!session.fds[a.nic]?.length) session.fds[a.nic] = await session.reattach(a.nic);
+            for (const a of nics) {
+              if (session.fds[a.nic]?.length) continue;
+              session.fds[a.nic] = await session.reattach(a.nic);
+              // A TAP made again is another device: the NIC's servers move to it.
+              const p = ports.get(a.nic);
+              if (p && session.fds[a.nic]!.length && p.port.ifindex !== (await import('../sys/native.ts')).ifNameToIndex(a.tap)) {
+                const { openDevicePort } = await import('./packet.ts');
+                p.port.replace(await openDevicePort(a.tap, p.filter));
+                log('info', 'serving the NIC\'s new TAP', { nic: a.nic, tap: a.tap });
+              }
+            }
             return session.fds;
           },
           nics: descriptions,

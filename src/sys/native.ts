@@ -590,6 +590,7 @@ function encodeFilter(prog: readonly BpfInsn[]): Buffer {
 export interface PacketSocket {
   readonly fd: number;
   readonly ifname: string;
+  readonly ifindex: number;
   send(frame: Buffer): void;
   /** Starts delivering received frames to onFrame (once). */
   watch(onFrame: (frame: Buffer) => void): void;
@@ -608,6 +609,7 @@ export function openPacketSocket(ifname: string, filter: readonly BpfInsn[]): Pa
   return {
     fd,
     ifname,
+    ifindex,
     send(frame) {
       if (closed) throw new SyscallError('send', E.EBADF, `send on ${ifname}: the packet socket is closed`);
       const [n, err] = call(() => c.packetSend(fd, ifindex, frame));

@@ -56,7 +56,11 @@ const SAMPLE = [
   'PODTAP-GUEST resolv search a.test b.test',
   'PODTAP-GUEST resolv nameserver 10.99.7.1',
   'PODTAP-GUEST resolv nameserver 10.99.7.53',
+  'PODTAP-GUEST link eth0 52:54:00:AA:BB:01 1400',
+  'PODTAP-GUEST linkaddr eth0 2: eth0    inet 10.99.7.77/24 brd 10.99.7.255 scope global eth0\\       valid_lft forever preferred_lft forever',
+  'PODTAP-GUEST link eth1 52:54:00:aa:bb:02 1500',
   'PODTAP-GUEST report-end 1',
+  'PODTAP-GUEST nolease eth1',
   'PODTAP-GUEST renew-requested 4.95',
   'PODTAP-GUEST dhcp-event 3 renew',
   'PODTAP-GUEST dhcp-var 3 ip=10.99.7.77',
@@ -112,6 +116,12 @@ describe('parseGuestOutput', () => {
       { dst: '10.99.7.0/24', dev: 'eth0', scope: 'link', src: '10.99.7.77' },
     ]);
     expect(s.resolv).toMatchObject({ nameservers: ['10.99.7.1', '10.99.7.53'], search: ['a.test', 'b.test'] });
+    // Every NIC, each with its own addresses.
+    expect(s.links).toMatchObject([
+      { name: 'eth0', mac: '52:54:00:aa:bb:01', mtu: 1400, addresses: [{ local: '10.99.7.77', prefixlen: 24 }] },
+      { name: 'eth1', mac: '52:54:00:aa:bb:02', mtu: 1500, addresses: [] },
+    ]);
+    expect(r.noLease).toEqual(['eth1']);
   });
 
   it('reports an unfinished boot as not done', () => {
@@ -163,6 +173,9 @@ describe('guest under QEMU in private namespaces', () => {
     }
     sh('ip', '-n', hostNs, 'link', 'add', 'br0', 'type', 'bridge');
     sh('ip', '-n', hostNs, 'tuntap', 'add', 'dev', 'tap0', 'mode', 'tap');
+    // A second NIC's tap on nothing: no DHCP server ever answers there.
+    sh('ip', '-n', hostNs, 'tuntap', 'add', 'dev', 'tap1', 'mode', 'tap');
+    sh('ip', '-n', hostNs, 'link', 'set', 'tap1', 'up');
     sh('ip', '-n', hostNs, 'link', 'add', 'vh', 'type', 'veth', 'peer', 'name', 'vp', 'netns', peerNs);
     for (const dev of ['tap0', 'vh']) sh('ip', '-n', hostNs, 'link', 'set', dev, 'master', 'br0', 'up');
     sh('ip', '-n', hostNs, 'link', 'set', 'br0', 'up');
@@ -187,13 +200,14 @@ describe('guest under QEMU in private namespaces', () => {
     expect(left).not.toContain(peerNs);
   });
 
-  const boot = (mac: string, o: Omit<GuestOptions, 'guest'>, run: Partial<RunGuestOptions> = {}): Promise<GuestRun> => {
+  const boot = (mac: string, o: Omit<GuestOptions, 'guest'>, run: Partial<RunGuestOptions> = {}, mac2?: string): Promise<GuestRun> => {
     const argv = [
       'ip', 'netns', 'exec', hostNs,
       ...guestQemuArgs({ guest, ...o }),
       '-netdev', 'tap,id=n0,ifname=tap0,script=no,downscript=no',
       // No option ROM: the guest never network-boots, and iPXE costs boot time.
       '-device', `virtio-net-pci,netdev=n0,mac=${mac},romfile=`,
+      ...(mac2 ? ['-netdev', 'tap,id=n1,ifname=tap1,script=no,downscript=no', '-device', `virtio-net-pci,netdev=n1,mac=${mac2},romfile=`] : []),
     ];
     const p = runGuest(argv, { timeoutMs: 90_000, signal: stopAll.signal, ...run });
     inflight.add(p);
@@ -225,8 +239,9 @@ describe('guest under QEMU in private namespaces', () => {
     expect(sh('ip', '-n', peerNs, 'neigh', 'show', '10.99.7.2')).toContain(mac);
   });
 
-  it('DHCP: applies every lease field like a distro and renews', async () => {
+  it('DHCP: applies every lease field like a distro and renews; a second NIC without a server reports no lease', async () => {
     const mac = '52:54:00:99:07:77';
+    const mac2 = '52:54:00:99:07:78';
     const conf = path.join(tmp, 'udhcpd.conf');
     writeFileSync(conf, [
       'start 10.99.7.100', 'end 10.99.7.110', 'interface vp', 'max_leases 10',
@@ -242,7 +257,8 @@ describe('guest under QEMU in private namespaces', () => {
     try {
       const run = await boot(mac, {
         net: 'dhcp', ping: ['10.99.7.1'], mode: 'renew', renewAfter: 1, renews: 1, renewWait: 20,
-      });
+        more: [{ nic: 'eth1', net: 'try' }],
+      }, {}, mac2);
       const r = run.report;
       expect(r.errors, run.serial).toEqual([]);
       expect(r.done, run.serial).toBe(true);
@@ -266,6 +282,10 @@ describe('guest under QEMU in private namespaces', () => {
       const routes = s.routes.map((x) => `${x.dst} ${x.gateway ?? '-'}`);
       expect(routes).toEqual(expect.arrayContaining(['default 10.99.7.1', '10.98.0.0/16 10.99.7.1', '10.99.7.0/24 -']));
       expect(s.resolv).toMatchObject({ nameservers: ['10.99.7.1', '10.99.7.53'], search: ['a.test', 'b.test'] });
+      expect(r.noLease).toEqual(['eth1']);
+      expect(s.links.map((l) => [l.name, l.mac, l.addresses.map((a) => a.local)])).toEqual([['eth0', mac, ['10.99.7.77']], ['eth1', mac2, []]]);
+      // eth1's client ran and gave up: deconfig, then leasefail.
+      expect(r.dhcp.filter((e) => e.vars.interface === 'eth1').map((e) => e.event)).toEqual(['deconfig', 'leasefail']);
     } finally {
       udhcpd.kill('SIGTERM');
     }

@@ -5,17 +5,18 @@
 // server and ping the node. While the guest runs, the tap in the pod is a
 // multi_queue tap; afterwards the pod namespace is exactly as before.
 
-import { afterAll, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { Cleanup, run } from '../helpers/netns.ts';
-import { makePod } from '../helpers/pods.ts';
+import { DATAPATHS, makePod } from '../helpers/pods.ts';
 import { snapshot, diffSnapshots } from '../helpers/snapshot.ts';
 import { buildGuest, guestQemuArgs, runGuest } from '../helpers/guest.ts';
-import { PODTAP, stateDirFor } from '../helpers/podtap.ts';
+import { expectReady, PODTAP, stateDirFor } from '../helpers/podtap.ts';
+import { datapathArgs, readyIn } from './support.ts';
 
 const cleanup = new Cleanup();
 afterAll(() => cleanup.cleanupAll());
 
-it('a 2-vCPU guest gets 2 queue pairs on the pod\'s tap, its lease by DHCP, and reaches the node', async () => {
+describe.each(DATAPATHS)('%s data path', (datapath) => it('a 2-vCPU guest gets 2 queue pairs on the pod\'s tap, its lease by DHCP, and reaches the node', async () => {
   const guest = await buildGuest();
   const pod = await makePod('ptp', { cleanup });
   const before = await snapshot(pod.pod);
@@ -28,7 +29,7 @@ it('a 2-vCPU guest gets 2 queue pairs on the pod\'s tap, its lease by DHCP, and 
 
   // Look at the tap from the pod's side while the VM holds it.
   let tapInfo: Promise<Record<string, unknown> | undefined> | undefined;
-  const vm = await runGuest(pod.argv([PODTAP, 'run', '--state-dir', stateDir, '--queues', '2', '--', ...qemu]), {
+  const vm = await runGuest(pod.argv([PODTAP, 'run', '--state-dir', stateDir, '--queues', '2', ...datapathArgs(datapath), '--', ...qemu]), {
     timeoutMs: 150_000,
     onLine: (line) => {
       if (tapInfo || !line.startsWith('{"event":"ready"')) return;
@@ -39,13 +40,13 @@ it('a 2-vCPU guest gets 2 queue pairs on the pod\'s tap, its lease by DHCP, and 
   });
   expect(vm.reason, vm.stderr).toBe('done');
 
-  const readyLine = vm.serial.split('\n').find((l) => l.startsWith('{"event":"ready"'));
-  expect(readyLine, vm.stderr).toBeDefined();
-  expect(JSON.parse(readyLine!)).toMatchObject({ mac: pod.expect.mac, ip: `${pod.podIP}/${pod.prefix}`, tap: 'tap0', queues: 2 });
+  const ready = readyIn(vm.serial);
+  expect(ready, vm.stderr).toBeDefined();
+  expectReady(ready!, pod, datapath, { queues: 2 });
 
   const tap = await tapInfo;
   expect(tap?.linkinfo).toMatchObject({ info_kind: 'tun', info_data: { type: 'tap', multi_queue: true, vnet_hdr: true } });
-  expect(tap?.master).toBe('br0');
+  expect(tap?.master).toBe(datapath === 'bridge' ? 'br0' : undefined);
 
   const r = vm.report;
   expect(r.errors).toEqual([]);
@@ -60,4 +61,4 @@ it('a 2-vCPU guest gets 2 queue pairs on the pod\'s tap, its lease by DHCP, and 
   expect(vm.exitCode, vm.stderr).toBe(0);
   expect(vm.stderr).toMatch(/namespace restored/);
   expect(diffSnapshots(before, await snapshot(pod.pod))).toEqual([]);
-});
+}));

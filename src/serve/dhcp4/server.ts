@@ -18,6 +18,8 @@ import type { Outcome, RequestKind } from './handler.ts';
 import { Lease } from './lease.ts';
 import type { LeaseSnapshot } from './lease.ts';
 import { parseFrame, udp4Frame } from '../frames.ts';
+import { answerArp } from '../arp.ts';
+import { ipv4 } from '../../net/ipv4.ts';
 import type { FramePort } from '../packet.ts';
 import { RateLimit } from '../../log.ts';
 
@@ -182,7 +184,18 @@ export async function startDhcpServer(config: DhcpConfig, opts: DhcpServerOption
       limited('handler-error', 'error', `dhcp: handling a packet failed: ${(e as Error).message}`, { bytes: msg.length });
     }
   };
+  const arp = { serverId: ipv4(config.serverId), serverMac: opts.serverMac, vmMac: config.vmMac };
   const onFrame = (frame: Buffer) => {
+    const answer = answerArp(frame, arp);
+    if (answer) {
+      try {
+        port.send(answer);
+      } catch (err) {
+        stats.errors.send++;
+        limited('send-error', 'error', `dhcp: answering ARP for ${config.serverId} failed: ${(err as Error).message}`, {});
+      }
+      return;
+    }
     const f = parseFrame(frame);
     // The packet filter lets only IPv4 UDP to port 67 through; anything
     // else is a frame the guest mangled. The UDP checksum is not checked:
