@@ -3,7 +3,8 @@
 // they serve and nothing of the guest's other traffic.
 
 import { describe, expect, it } from 'vitest';
-import { ADVERT_FILTER, SERVER_FILTER, runFilter } from '../../src/serve/packet.ts';
+import { ADVERT_FILTER, SERVER_FILTER, runFilter, serverFilter } from '../../src/serve/packet.ts';
+import { answerArp } from '../../src/serve/arp.ts';
 import { eui64LinkLocal, icmp6Frame, udp4Frame, udp6Frame } from '../../src/serve/frames.ts';
 import { MSG, SERVER_ID, VM_MAC, clientPacket } from '../helpers/dhcp-packets.ts';
 
@@ -108,5 +109,46 @@ describe('ADVERT_FILTER', () => {
     const lookalike = udp6Frame({ srcMac: VM_MAC, dstMac: SERVER_MAC, src: VM_LL, dst: 'fe80::1', srcPort: 136 * 256, dstPort: 9, payload: Buffer.alloc(8) });
     expect(lookalike[54]).toBe(136);
     expect(accepts(ADVERT_FILTER, lookalike)).toBe(false);
+  });
+});
+
+describe('serverFilter with a server identifier, and the ARP answer', () => {
+  const id = 0x4343_4343; // 67.67.67.67, what arp() asks for
+  const withArp = serverFilter(id);
+  const asking = (target: number, op = 1) => {
+    const f = arp();
+    f.writeUInt16BE(op, 20);
+    f.writeUInt32BE(target >>> 0, 38);
+    return f;
+  };
+
+  it('accepts ARP requests for the server identifier only, and still everything SERVER_FILTER does', () => {
+    expect(accepts(withArp, asking(id))).toBe(true);
+    expect(accepts(withArp, asking(id + 1))).toBe(false);
+    expect(accepts(withArp, asking(id, 2))).toBe(false); // a reply
+    expect(accepts(withArp, tagged(asking(id)))).toBe(false);
+    expect(runFilter(withArp, asking(id), { vlanTagged: true })).toBe(0);
+    expect(accepts(SERVER_FILTER, asking(id))).toBe(false);
+    for (const f of [discover, renewal, solicit6]) expect(accepts(withArp, f)).toBe(true);
+    for (const f of [offer, reply6]) expect(accepts(withArp, f)).toBe(false);
+  });
+
+  it('answers the VM\'s request with podtap\'s MAC, and nothing else', () => {
+    const s = { serverId: id, serverMac: SERVER_MAC, vmMac: VM_MAC };
+    const req = asking(id);
+    req.writeUInt32BE(0x0a170507, 28); // sender IP 10.23.5.7
+    const a = answerArp(req, s)!;
+    expect(a.subarray(0, 6).toString('hex')).toBe(VM_MAC.replaceAll(':', ''));
+    expect(a.subarray(6, 12).toString('hex')).toBe(SERVER_MAC.replaceAll(':', ''));
+    expect(a.readUInt16BE(20)).toBe(2);
+    expect(a.subarray(22, 28).toString('hex')).toBe(SERVER_MAC.replaceAll(':', ''));
+    expect(a.readUInt32BE(28)).toBe(id);
+    expect(a.subarray(32, 38).toString('hex')).toBe(VM_MAC.replaceAll(':', ''));
+    expect(a.readUInt32BE(38)).toBe(0x0a170507);
+    expect(answerArp(asking(id + 1), s)).toBeUndefined();
+    expect(answerArp(asking(id, 2), s)).toBeUndefined();
+    expect(answerArp(asking(id), { ...s, vmMac: '02:00:00:00:00:99' })).toBeUndefined();
+    expect(answerArp(discover, s)).toBeUndefined();
+    expect(answerArp(asking(id).subarray(0, 30), s)).toBeUndefined();
   });
 });
