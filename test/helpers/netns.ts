@@ -9,16 +9,23 @@
 // ---------------------------------------
 // A Kubernetes pod is a network namespace plus a UTS namespace (its own
 // hostname) plus kubelet-managed /etc/resolv.conf, /etc/hosts and
-// /etc/hostname. `podArgv(ns, hostname, argv)` reproduces that for one
-// command:
+// /etc/hostname, and a container engine mounts /proc/sys read-only in it.
+// `podArgv(ns, hostname, argv)` reproduces that for one command:
 //
-//   ip netns exec <ns>                  # joins the netns, gets a private
-//                                       # mount ns with /sys remounted and
-//                                       # every /etc/netns/<ns>/<file>
-//                                       # bind-mounted over /etc/<file>
-//     unshare --uts --                  # private hostname, so setting it
-//                                       # cannot touch the machine's
-//       sh -c 'hostname "$1"; ...; exec "$@"'
+//   ip netns exec <ns>                  # joins the netns, gets a mount ns
+//                                       # with /sys remounted and every
+//                                       # /etc/netns/<ns>/<file> bind-mounted
+//                                       # over /etc/<file>
+//     unshare --uts --mount             # private hostname, so setting it
+//       --propagation private --        # cannot touch the machine's; a
+//                                       # private mount ns of its own
+//       sh -c 'mount --bind /proc/sys /proc/sys;
+//              mount -o remount,bind,ro /proc/sys;   # as podman/runc do
+//              hostname "$1"; ...; exec "$@"'
+//
+// So podtap meets exactly what a container engine gives it: every write to
+// /proc/sys fails with EROFS (a test in fixtures.test.ts proves podtap's own
+// mount table says so).
 //
 // Every step execs, so the pid execa reports is podtap's own pid. So:
 //
@@ -350,14 +357,23 @@ export async function setNetnsEtcFile(ns: string, file: 'resolv.conf' | 'hosts' 
 
 const HOSTNAME_RE = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 
-/** argv that runs `argv` in the pod: its netns, /etc files and a private hostname. */
+// Exit status 125 (as `env`/`nice` use for their own failures) when the pod
+// could not be set up, so a caller never mistakes it for the command's own.
+const POD_INIT = [
+  'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys || exit 125',
+  'hostname "$1" || exit 125',
+  'shift',
+  'exec "$@"',
+].join('; ');
+
+/** argv that runs `argv` in the pod: its netns, /etc files, a private hostname and a read-only /proc/sys. */
 export function podArgv(ns: string, hostname: string, argv: readonly string[]): string[] {
   if (!HOSTNAME_RE.test(hostname)) throw new Error(`bad hostname ${JSON.stringify(hostname)}`);
   if (argv.length === 0) throw new Error('podArgv: empty argv');
   return [
     'ip', 'netns', 'exec', ns,
-    'unshare', '--uts', '--',
-    'sh', '-c', 'hostname "$1" || exit 125; shift; exec "$@"', 'pod-init', hostname,
+    'unshare', '--uts', '--mount', '--propagation', 'private', '--',
+    'sh', '-c', POD_INIT, 'pod-init', hostname,
     ...argv,
   ];
 }

@@ -8,6 +8,18 @@
 //   dualstack  CNI ptp, v4 + v6 ranges     10.24.0.2/16 + fd00:24::2/64
 //   jumbo      by hand                     MTU 9000, two addresses, metric
 //                                          route, permanent neighbour
+//   multi      four pod interfaces, as Multus would leave them:
+//              eth0  CNI ptp + host-local     10.27.0.2/16, the default route
+//              net1  CNI bridge, isGateway    10.28.0.2/24 on a cni-n1 bridge,
+//                    false                    no route but the connected one
+//              net2  CNI macvlan, mode        10.29.0.2/24; its parent is a
+//                    bridge                   veth in the node namespace
+//              net3  by hand                  an L2-only veth, no address
+//
+// SHAPES are the single-interface shapes (eth0 only); ALL_SHAPES adds
+// multi. Every shape describes its interfaces in `nics`, in the VM's NIC
+// order, and `nicArgs()` gives the --interface options that select them
+// (none for a single interface: podtap picks the only candidate).
 //
 // The CNI plugins run inside the node namespace (`ip netns exec <node>`) so
 // their host-side veth, bridge and sysctl writes land there. host-local keeps
@@ -37,8 +49,15 @@ import {
 } from './netns.ts';
 import { waitSettled } from './snapshot.ts';
 
-export type Shape = 'ptp' | 'bridge' | 'calico' | 'dualstack' | 'jumbo';
+export type Shape = 'ptp' | 'bridge' | 'calico' | 'dualstack' | 'jumbo' | 'multi';
+/** The single-interface shapes. */
 export const SHAPES: readonly Shape[] = ['ptp', 'bridge', 'calico', 'dualstack', 'jumbo'];
+/** Every shape, the multi-interface one last. */
+export const ALL_SHAPES: readonly Shape[] = [...SHAPES, 'multi'];
+
+/** podtap's data paths. */
+export type Datapath = 'bridge' | 'redirect';
+export const DATAPATHS: readonly Datapath[] = ['redirect', 'bridge'];
 
 export const CNI_BIN = '/usr/lib/cni';
 
@@ -93,8 +112,42 @@ export interface PodExpect {
   hostname: string;
 }
 
+/** One pod interface, as the VM should get it. */
+export interface PodNic {
+  ifname: string;
+  /** The link kind podtap reads ("veth" or "macvlan"). */
+  kind: 'veth' | 'macvlan';
+  /** What made it: a CNI plugin's name, or "hand". */
+  origin: string;
+  mac: string;
+  mtu: number;
+  /** Its first IPv4 address and prefix; none for an L2-only interface. */
+  ip?: string;
+  prefix?: number;
+  /**
+   * The prefix podtap hands the VM: the pod's own where the pod has a
+   * connected route for the subnet, else /32 (CNI ptp deletes that route).
+   */
+  handedPrefix?: number;
+  /** The IPv4 default gateway: on the NIC that carries the default route only. */
+  gateway?: string;
+  defaultRoute: boolean;
+  /** An IPv4 address in the node namespace the pod reaches through this interface. */
+  nodeAddr?: string;
+}
+
 export interface Pod {
   shape: Shape;
+  /** The pod interfaces in NIC order; eth0 first. */
+  nics: PodNic[];
+  /**
+   * The --interface options that give podtap the interfaces a data path can
+   * carry (a macvlan only with redirect), in NIC order; [] where podtap
+   * finds the only candidate itself.
+   */
+  nicArgs(datapath?: Datapath): string[];
+  /** The NICs `nicArgs(datapath)` selects. */
+  nicsFor(datapath?: Datapath): PodNic[];
   /** Namespace standing in for the host (the CNI host side lives here). */
   node: string;
   /** The pod's network namespace. */
@@ -113,6 +166,8 @@ export interface Pod {
   gateway6?: string;
   podIP: string;
   prefix: number;
+  /** eth0's prefix as podtap hands it to the VM (see PodNic.handedPrefix). */
+  handedPrefix: number;
   podIP6?: string;
   prefix6?: number;
   expect: PodExpect;
@@ -229,6 +284,7 @@ async function cni(
   node: string,
   pod: string,
   containerId: string,
+  ifname: string,
 ): Promise<CniResult> {
   const r = await run('ip', ['netns', 'exec', node, join(CNI_BIN, conf.type)], {
     input: JSON.stringify(conf),
@@ -236,7 +292,7 @@ async function cni(
       CNI_COMMAND: command,
       CNI_CONTAINERID: containerId,
       CNI_NETNS: netnsPath(pod),
-      CNI_IFNAME: 'eth0',
+      CNI_IFNAME: ifname,
       CNI_PATH: CNI_BIN,
     },
     reject: false,
@@ -255,15 +311,16 @@ interface Ctx {
   own: Cleanup;
 }
 
-const cniNetworkName = (ctx: Ctx): string => `podtap-${ctx.id}`;
+const cniNetworkName = (ctx: Ctx, ifname = 'eth0'): string => `podtap-${ctx.id}${ifname === 'eth0' ? '' : `-${ifname}`}`;
 
 /** Runs CNI ADD and registers the matching DEL (before the namespaces go). */
-async function cniAdd(ctx: Ctx, plugin: string, fields: Json, ranges: { subnet: string }[][], routes: string[]): Promise<CniResult> {
+async function cniAdd(ctx: Ctx, plugin: string, fields: Json, ranges: { subnet: string }[][], routes: string[], ifname = 'eth0'): Promise<CniResult> {
   const conf = {
     cniVersion: '1.0.0',
-    // host-local keeps one directory per network name: unique per pod, and
-    // under the node's state dir rather than /var/lib/cni/networks.
-    name: cniNetworkName(ctx),
+    // host-local keeps one directory per network name: unique per pod and
+    // interface, and under the node's state dir rather than
+    // /var/lib/cni/networks.
+    name: cniNetworkName(ctx, ifname),
     type: plugin,
     ...fields,
     ipam: {
@@ -276,9 +333,9 @@ async function cniAdd(ctx: Ctx, plugin: string, fields: Json, ranges: { subnet: 
   ctx.own.defer(`CNI ${plugin} DEL ${ctx.pod}`, async () => {
     // Without the node there is nothing to release: its leases lived in the
     // node's state dir, which went with it.
-    if (netnsExists(ctx.node)) await cni('DEL', conf, ctx.node, ctx.pod, ctx.id);
+    if (netnsExists(ctx.node)) await cni('DEL', conf, ctx.node, ctx.pod, ctx.id, ifname);
   });
-  return cni('ADD', conf, ctx.node, ctx.pod, ctx.id);
+  return cni('ADD', conf, ctx.node, ctx.pod, ctx.id, ifname);
 }
 
 function hostSide(res: CniResult): string {
@@ -291,11 +348,15 @@ function hostSide(res: CniResult): string {
 // Shapes
 
 /** What a shape builder reports: the Pod's addressing, plus what the pod should hold. */
-type Built = Pick<Pod, 'hostIfname' | 'cniNetwork' | 'nodeAddr' | 'nodeAddr6' | 'gateway' | 'gateway6' | 'podIP' | 'prefix' | 'podIP6' | 'prefix6'> & {
+type Built = Pick<Pod, 'hostIfname' | 'cniNetwork' | 'nodeAddr' | 'nodeAddr6' | 'gateway' | 'gateway6' | 'podIP' | 'prefix' | 'handedPrefix' | 'podIP6' | 'prefix6'> & {
   addresses: PodAddress[];
   routes: PodRoute[];
   neighbours: PodNeighbour[];
   extraNameservers?: string[];
+  /** eth0's kind and origin; default a veth from the shape's CNI plugin. */
+  origin?: string;
+  /** The interfaces after eth0, without what makePod reads back (MAC, MTU). */
+  more?: Omit<PodNic, 'mac' | 'mtu'>[];
 };
 
 const ip = (ns: string, ...args: string[]): Promise<RunResult> => run('ip', ['-n', ns, ...args]);
@@ -316,6 +377,7 @@ async function buildPtp(ctx: Ctx): Promise<Built> {
     gateway: '10.22.0.1',
     podIP: '10.22.0.2',
     prefix: 16,
+    handedPrefix: 32,
     addresses: [{ family: 'inet', local: '10.22.0.2', prefixlen: 16, broadcast: '10.22.255.255', scope: 'global' }],
     routes: [
       v4('default', { gateway: '10.22.0.1' }),
@@ -343,6 +405,7 @@ async function buildBridge(ctx: Ctx): Promise<Built> {
     gateway: '10.21.0.1',
     podIP: '10.21.0.2',
     prefix: 16,
+    handedPrefix: 16,
     addresses: [{ family: 'inet', local: '10.21.0.2', prefixlen: 16, broadcast: '10.21.255.255', scope: 'global' }],
     routes: [
       v4('default', { gateway: '10.21.0.1' }),
@@ -378,6 +441,8 @@ async function buildCalico(ctx: Ctx): Promise<Built> {
     gateway: '169.254.1.1',
     podIP: '10.23.5.7',
     prefix: 32,
+    handedPrefix: 32,
+    origin: 'hand',
     addresses: [{ family: 'inet', local: '10.23.5.7', prefixlen: 32, scope: 'global' }],
     routes: [v4('default', { gateway: '169.254.1.1' }), v4('169.254.1.1', { scope: 'link' })],
     neighbours: [],
@@ -401,6 +466,7 @@ async function buildDualstack(ctx: Ctx): Promise<Built> {
     gateway6: 'fd00:24::1',
     podIP: '10.24.0.2',
     prefix: 16,
+    handedPrefix: 32,
     podIP6: 'fd00:24::2',
     prefix6: 64,
     addresses: [
@@ -441,6 +507,8 @@ async function buildJumbo(ctx: Ctx): Promise<Built> {
     gateway: '10.26.0.1',
     podIP: '10.26.0.10',
     prefix: 24,
+    handedPrefix: 24,
+    origin: 'hand',
     addresses: [
       // Added without `brd`, as plain `ip addr add` does: no broadcast.
       { family: 'inet', local: '10.26.0.10', prefixlen: 24, scope: 'global' },
@@ -455,12 +523,60 @@ async function buildJumbo(ctx: Ctx): Promise<Built> {
   };
 }
 
+async function buildMulti(ctx: Ctx): Promise<Built> {
+  const { node, pod } = ctx;
+  // eth0: the cluster network, with the default route (what Multus calls the
+  // default network).
+  const res = await cniAdd(ctx, 'ptp', { ipMasq: false, mtu: 1500 }, [[{ subnet: '10.27.0.0/16' }]], ['0.0.0.0/0']);
+  // net1: a secondary network on a node bridge that is not its gateway: an
+  // address and the kernel's connected route, nothing else. The node gets
+  // an address on the bridge by hand, so the pod has someone to reach.
+  await cniAdd(ctx, 'bridge', { bridge: 'cni-n1', isGateway: false, ipMasq: false, hairpinMode: false, mtu: 1500 }, [[{ subnet: '10.28.0.0/24' }]], [], 'net1');
+  await ip(node, 'addr', 'add', '10.28.0.254/24', 'dev', 'cni-n1');
+  // net2: macvlan in bridge mode. No dummy driver on this kernel: the parent
+  // is one end of a veth in the node namespace, and the other end stands in
+  // for the rest of that network.
+  await ip(node, 'link', 'add', 'mvpar0', 'type', 'veth', 'peer', 'name', 'mvnet0');
+  await ip(node, 'addr', 'add', '10.29.0.254/24', 'dev', 'mvnet0');
+  await ip(node, 'link', 'set', 'mvpar0', 'up');
+  await ip(node, 'link', 'set', 'mvnet0', 'up');
+  await cniAdd(ctx, 'macvlan', { master: 'mvpar0', mode: 'bridge', mtu: 1500 }, [[{ subnet: '10.29.0.0/24' }]], [], 'net2');
+  // net3: layer 2 only, a veth without any address (IPv6 comes by RA later).
+  const l2 = `l2h${randomHex(4)}`;
+  await ip(node, 'link', 'add', l2, 'type', 'veth', 'peer', 'name', 'net3', 'netns', pod);
+  await ip(node, 'link', 'set', l2, 'up');
+  await ip(pod, 'link', 'set', 'net3', 'up');
+  return {
+    hostIfname: hostSide(res),
+    cniNetwork: cniNetworkName(ctx),
+    nodeAddr: '10.27.0.1',
+    gateway: '10.27.0.1',
+    podIP: '10.27.0.2',
+    prefix: 16,
+    handedPrefix: 32,
+    origin: 'ptp',
+    addresses: [{ family: 'inet', local: '10.27.0.2', prefixlen: 16, broadcast: '10.27.255.255', scope: 'global' }],
+    routes: [
+      v4('default', { gateway: '10.27.0.1' }),
+      v4('10.27.0.0/16', { gateway: '10.27.0.1', prefsrc: '10.27.0.2' }),
+      v4('10.27.0.1', { scope: 'link', prefsrc: '10.27.0.2' }),
+    ],
+    neighbours: [],
+    more: [
+      { ifname: 'net1', kind: 'veth', origin: 'bridge', ip: '10.28.0.2', prefix: 24, handedPrefix: 24, defaultRoute: false, nodeAddr: '10.28.0.254' },
+      { ifname: 'net2', kind: 'macvlan', origin: 'macvlan', ip: '10.29.0.2', prefix: 24, handedPrefix: 24, defaultRoute: false, nodeAddr: '10.29.0.254' },
+      { ifname: 'net3', kind: 'veth', origin: 'hand', defaultRoute: false },
+    ],
+  };
+}
+
 const BUILDERS: Record<Shape, (ctx: Ctx) => Promise<Built>> = {
   ptp: buildPtp,
   bridge: buildBridge,
   calico: buildCalico,
   dualstack: buildDualstack,
   jumbo: buildJumbo,
+  multi: buildMulti,
 };
 
 // ---------------------------------------------------------------------------
@@ -506,9 +622,29 @@ export async function makePod(shape: Shape, opts: MakePodOptions = {}): Promise<
     if (opts.settle !== false) await Promise.all([waitSettled(node), waitSettled(pod)]);
     const mac = await linkMac(pod, 'eth0');
     const mtu = shape === 'jumbo' ? 9000 : shape === 'calico' ? 1450 : 1500;
+    const eth0: PodNic = {
+      ifname: 'eth0',
+      kind: 'veth',
+      origin: b.origin ?? shape.replace('dualstack', 'ptp'),
+      mac,
+      mtu,
+      ip: b.podIP,
+      prefix: b.prefix,
+      handedPrefix: b.handedPrefix,
+      ...(b.gateway !== undefined ? { gateway: b.gateway } : {}),
+      defaultRoute: true,
+      nodeAddr: b.nodeAddr,
+    };
+    const nics: PodNic[] = [eth0];
+    for (const n of b.more ?? []) nics.push({ ...n, mac: await linkMac(pod, n.ifname), mtu: 1500 });
+    const nicsFor = (datapath?: Datapath): PodNic[] => nics.filter((n) => datapath !== 'bridge' || n.kind !== 'macvlan');
+    const nicArgs = (datapath?: Datapath): string[] => (nics.length > 1 ? nicsFor(datapath).flatMap((n) => ['--interface', n.ifname]) : []);
 
     return {
       shape,
+      nics,
+      nicArgs,
+      nicsFor,
       node,
       pod,
       ifname: 'eth0',
@@ -520,6 +656,7 @@ export async function makePod(shape: Shape, opts: MakePodOptions = {}): Promise<
       ...(b.gateway6 !== undefined ? { gateway6: b.gateway6 } : {}),
       podIP: b.podIP,
       prefix: b.prefix,
+      handedPrefix: b.handedPrefix,
       ...(b.podIP6 !== undefined ? { podIP6: b.podIP6, prefix6: b.prefix6 } : {}),
       expect: {
         mac,

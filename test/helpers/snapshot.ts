@@ -340,6 +340,9 @@ async function collect(netns: string): Promise<Map<string, string>> {
 
 export async function snapshot(netns: string, opts: SnapshotOptions = {}): Promise<Snapshot> {
   const deadline = Date.now() + (opts.settleMs ?? 8000);
+  // Wait with one cheap `ip` per look (a full collection is some twenty
+  // processes), then collect; look again in full only if it moved meanwhile.
+  if (opts.settle !== false) await waitSettled(netns, opts.settleMs ?? 8000).catch(() => {});
   let sec = await collect(netns);
   let links = parseJsonArray(sec.get('link'), 'ip -j -d addr');
   while (opts.settle !== false && unsettledReasons(links).length && Date.now() < deadline) {

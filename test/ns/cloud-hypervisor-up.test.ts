@@ -91,54 +91,71 @@ async function startFakeCh(pod: Pod, socket: string, env: Record<string, string>
   };
 }
 
-it('up --ch-api --queues 2: adds the NIC with both queue fds, and removes it before restoring the pod', async () => {
-  const pod = await makePod('ptp', { cleanup });
-  const dir = mkdtempSync('/tmp/podtap-ch-');
-  cleanup.path(dir);
-  const apiSocket = join(dir, 'ch.sock');
-  // The VMM is up before podtap, and outlives it.
-  const ch = await startFakeCh(pod, apiSocket);
-  const before = await snapshot(pod.pod);
+const UP_CASES = [
+  { shape: 'ptp', datapath: 'bridge', nics: [] as string[] },
+  { shape: 'multi', datapath: 'redirect', nics: ['eth0', 'net2'] },
+] as const;
 
-  const podtap = startPodtap(pod, ['up', '--ch-api', apiSocket, '--queues', '2'], cleanup);
-  const ready = await podtap.ready;
-  expect(ready).toMatchObject({ mac: pod.expect.mac, ip: `${pod.podIP}/${pod.prefix}`, tap: 'tap0', queues: 2, chApi: { device: 'podtap0' } });
+for (const { shape, datapath, nics } of UP_CASES) {
+  const count = Math.max(nics.length, 1);
+  it(`up --ch-api --queues 2 (${shape} pod, ${datapath}, ${count} NIC${count > 1 ? 's' : ''}): adds each NIC with both queue fds, and removes them before restoring the pod`, async () => {
+    const pod = await makePod(shape, { cleanup });
+    const dir = mkdtempSync('/tmp/podtap-ch-');
+    cleanup.path(dir);
+    const apiSocket = join(dir, 'ch.sock');
+    // The VMM is up before podtap, and outlives it.
+    const ch = await startFakeCh(pod, apiSocket);
+    const before = await snapshot(pod.pod);
 
-  const add = await ch.waitFor('/api/v1/vm.add-net');
-  expect(add.method).toBe('PUT');
-  expect(add.headers['content-type']).toBe('application/json');
-  // Cloud Hypervisor's NetConfig: num_queues counts queues (2 per pair), the
-  // MAC is the pod's (the guest takes over its identity), no fd numbers in
-  // the body (they travel as SCM_RIGHTS).
-  expect(add.body).toEqual({ id: 'podtap0', mac: pod.expect.mac, mtu: pod.expect.mtu, num_queues: 4 });
-  expect(add.fds).toBe(2);
-  for (const tap of add.taps) {
-    expect(tap).toEqual({ name: 'tap0', flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE, vnetHdr: true, multiQueue: true, present: true });
-  }
-  expect(add.status).toBe(200);
-  expect(add.response).toEqual({ id: 'podtap0', bdf: '0000:00:05.0' });
-  // Nothing else was asked of the VMM while it ran.
-  expect(ch.requests).toHaveLength(1);
+    const podtap = startPodtap(pod, ['up', '--ch-api', apiSocket, '--queues', '2', '--datapath', datapath, ...nics.flatMap((n) => ['--interface', n])], cleanup);
+    const ready = await podtap.ready;
+    const wanted = nics.length ? nics.map((n) => pod.nics.find((x) => x.ifname === n)!) : [pod.nics[0]!];
+    const ids = wanted.map((_, i) => `podtap${i}`);
+    expect(ready).toMatchObject({ mac: pod.expect.mac, ip: `${pod.podIP}/${pod.handedPrefix}`, tap: 'tap0', queues: 2, datapath });
+    // One device per NIC, numbered as the VMM's own ids, each with the slot Cloud Hypervisor gave it.
+    expect(ready.chApi).toEqual(ids.map((device, i) => ({ device, bdf: `0000:00:${(5 + i).toString(16).padStart(2, '0')}.0` })));
 
-  process.kill(podtap.pid, 'SIGTERM');
-  const exit = await podtap.proc;
-  expect(exit.exitCode, podtap.stderr()).toBe(0);
-  expect(podtap.stderr()).toMatch(/NIC removed from Cloud Hypervisor/);
-  expect(podtap.stderr()).toMatch(/namespace restored/);
+    for (const [i, nic] of wanted.entries()) {
+      const add = ch.requests.filter((q) => q.target === '/api/v1/vm.add-net')[i]!;
+      expect(add.method).toBe('PUT');
+      expect(add.headers['content-type']).toBe('application/json');
+      // Cloud Hypervisor's NetConfig: num_queues counts queues (2 per pair), the
+      // MAC is the pod interface's (the guest takes over its identity), no fd
+      // numbers in the body (they travel as SCM_RIGHTS).
+      expect(add.body).toEqual({ id: ids[i], mac: nic.mac, mtu: nic.mtu, num_queues: 4 });
+      expect(add.fds).toBe(2);
+      for (const tap of add.taps) {
+        expect(tap).toEqual({ name: `tap${i}`, flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE, vnetHdr: true, multiQueue: true, present: true });
+      }
+      expect(add.status).toBe(200);
+    }
+    // Nothing else was asked of the VMM while it ran.
+    expect(ch.requests).toHaveLength(count);
 
-  const remove = await ch.waitFor('/api/v1/vm.remove-device');
-  expect(remove.method).toBe('PUT');
-  expect(remove.body).toEqual({ id: 'podtap0' });
-  expect(remove.fds).toBe(0);
-  expect(remove.status).toBe(204);
-  // The VMM let go of the NIC while the tap still existed: podtap asked
-  // before tearing down the network.
-  expect(remove.released).toEqual([expect.objectContaining({ name: 'tap0', present: true }), expect.objectContaining({ name: 'tap0', present: true })]);
-  expect(ch.requests.map((r) => r.target)).toEqual(['/api/v1/vm.add-net', '/api/v1/vm.remove-device']);
+    process.kill(podtap.pid, 'SIGTERM');
+    const exit = await podtap.proc;
+    expect(exit.exitCode, podtap.stderr()).toBe(0);
+    expect(podtap.stderr()).toMatch(/NIC removed from Cloud Hypervisor/);
+    expect(podtap.stderr()).toMatch(/namespace restored/);
 
-  expect(diffSnapshots(before, await snapshot(pod.pod))).toEqual([]);
-  await ch.stop();
-});
+    for (let end = Date.now() + 15_000; ch.requests.length < 2 * count && Date.now() < end; ) await sleep(50);
+    const removes = ch.requests.slice(count);
+    expect(removes.map((r) => r.target)).toEqual(ids.map(() => '/api/v1/vm.remove-device'));
+    expect(removes.map((r) => (r.body as { id: string }).id).sort()).toEqual(ids);
+    for (const remove of removes) {
+      const i = ids.indexOf((remove.body as { id: string }).id);
+      expect(remove.method).toBe('PUT');
+      expect(remove.fds).toBe(0);
+      expect(remove.status).toBe(204);
+      // The VMM let go of the NIC while its tap still existed: podtap asked
+      // before tearing down the network.
+      expect(remove.released).toEqual([expect.objectContaining({ name: `tap${i}`, present: true }), expect.objectContaining({ name: `tap${i}`, present: true })]);
+    }
+
+    expect(diffSnapshots(before, await snapshot(pod.pod))).toEqual([]);
+    await ch.stop();
+  });
+}
 
 it('up --ch-api: when Cloud Hypervisor refuses the NIC, podtap says what it answered and restores the pod', async () => {
   const pod = await makePod('ptp', { cleanup });
@@ -159,8 +176,8 @@ it('up --ch-api: when Cloud Hypervisor refuses the NIC, podtap says what it answ
   await ch.stop();
 });
 
-it('run --queues 2: {fds_csv} and {ch_queues} render Cloud Hypervisor\'s --net fd=[3,4],num_queues=4', async () => {
-  const pod = await makePod('ptp', { cleanup });
+it('run --queues 2, two NICs: {fds_csv} and {ch_queues} render Cloud Hypervisor\'s --net fd=[3,4],num_queues=4 and fd=[5,6] for NIC 1', async () => {
+  const pod = await makePod('multi', { cleanup });
   const before = await snapshot(pod.pod);
   const stateDir = stateDirFor(cleanup);
   // Stands in for `cloud-hypervisor ... --net fd=[{fds_csv}],mac={mac},num_queues={ch_queues}`:
@@ -171,16 +188,17 @@ it('run --queues 2: {fds_csv} and {ch_queues} render Cloud Hypervisor\'s --net f
     'ls -l /proc/self/fd',
   ].join('; ');
   const r = await pod.run(
-    [PODTAP, 'run', '--state-dir', stateDir, '--queues', '2', '--', 'sh', '-c', script, 'cloud-hypervisor', '--net', 'fd=[{fds_csv}],mac={mac},num_queues={ch_queues}'],
+    [PODTAP, 'run', '--state-dir', stateDir, '--queues', '2', '--interface', 'eth0', '--interface', 'net1', '--', 'sh', '-c', script, 'cloud-hypervisor',
+      '--net', 'fd=[{fds_csv}],mac={mac},num_queues={ch_queues}', '--net', 'fd=[{fds_csv:1}],mac={mac:net1},num_queues={ch_queues:1}'],
     { reject: false },
   );
   expect(r.exitCode, r.stderr).toBe(0);
-  expect(r.stdout).toContain(`ARGV --net fd=[3,4],mac=${pod.expect.mac},num_queues=4\n`);
-  // Exactly fds 3 and 4 are queues of podtap's tap; no other tap fd leaked in.
+  const net1 = pod.nics.find((n) => n.ifname === 'net1')!;
+  expect(r.stdout).toContain(`ARGV --net fd=[3,4],mac=${pod.expect.mac},num_queues=4 --net fd=[5,6],mac=${net1.mac},num_queues=4\n`);
+  // Exactly fds 3 to 6 are queues of podtap's taps, NIC 0's first; no other tap fd leaked in.
   const tapFds = r.stdout.split('\n').filter((l) => l.startsWith('TAPFD ')).sort();
-  expect(tapFds).toEqual(['TAPFD 3 tap0', 'TAPFD 4 tap0']);
-  expect(r.stdout).toMatch(/ 3 -> \/dev\/net\/tun\n/);
-  expect(r.stdout).toMatch(/ 4 -> \/dev\/net\/tun\n/);
-  expect(r.stdout.match(/-> \/dev\/net\/tun/g)).toHaveLength(2);
+  expect(tapFds).toEqual(['TAPFD 3 tap0', 'TAPFD 4 tap0', 'TAPFD 5 tap1', 'TAPFD 6 tap1']);
+  for (const fd of [3, 4, 5, 6]) expect(r.stdout).toMatch(new RegExp(` ${fd} -> /dev/net/tun\n`));
+  expect(r.stdout.match(/-> \/dev\/net\/tun/g)).toHaveLength(4);
   expect(diffSnapshots(before, await snapshot(pod.pod))).toEqual([]);
 });

@@ -1,6 +1,8 @@
 // The sidecar fd socket end to end: a server process in a namespace made for
-// the test holds a tap and serves its fds; clients fetch them (repeatedly)
-// and exec a program that finds the tap at fd 3 and 4.
+// the test holds two NICs' taps (two queues and one) and serves their fds
+// (podtap-fds/2); clients fetch them (repeatedly) and exec a program that
+// finds NIC 0's queues at fds 3 and 4 and NIC 1's at 5. Then the real
+// thing: `podtap up --fd-socket` in a two-NIC pod and `podtap exec`.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, chmodSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -9,23 +11,29 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FdSocketError, fetchFds, resolveExecutable, serveFds } from '../../src/handoff/fd-socket.ts';
-import { IFF_MULTI_QUEUE, IFF_VNET_HDR, closeAllQuietly, getCloexec, socketPair, tapInfo } from '../../src/sys/native.ts';
+import { connect, createServer } from 'node:net';
+import { FdSocketError, PROTOCOL, fetchFds, resolveExecutable, serveFds } from '../../src/handoff/fd-socket.ts';
+import { IFF_MULTI_QUEUE, IFF_VNET_HDR, closeAllQuietly, getCloexec, sendFds, socketFdOf, socketPair, tapInfo } from '../../src/sys/native.ts';
 import { NODE, REPO, createNetns, deleteNetns, linkIn } from '../helpers/handoff-netns.ts';
+import { Cleanup, runInPod } from '../helpers/netns.ts';
+import { makePod } from '../helpers/pods.ts';
+import { snapshot, diffSnapshots } from '../helpers/snapshot.ts';
+import { PODTAP, expectReady, startPodtap } from '../helpers/podtap.ts';
 
 const url = (p: string): string => JSON.stringify(pathToFileURL(path.join(REPO, p)).href);
 const NATIVE = url('src/sys/native.ts');
 const FD_SOCKET = url('src/handoff/fd-socket.ts');
 
-const DESCRIPTION = { mac: '02:00:0a:00:00:05', mtu: 1450, queues: 2, tap: 'phfd0', bridge: 'br0', ip: '10.0.0.5/24' };
+const NIC0 = { nic: 0, interface: 'eth0', mac: '02:00:0a:00:00:05', mtu: 1450, queues: 2, tap: 'phfd0', bridge: 'br0', ip: '10.0.0.5/24' };
+const NIC1 = { nic: 1, interface: 'net1', mac: '02:00:0a:00:01:05', mtu: 1500, queues: 1, tap: 'phfd1', bridge: null, ip: '10.1.0.5/24' };
 
-// Runs inside the namespace: holds the tap, serves it until SIGTERM.
+// Runs inside the namespace: holds the taps, serves them until SIGTERM.
 const SERVER = `
 import { openTap } from ${NATIVE};
 import { serveFds } from ${FD_SOCKET};
 const sockPath = process.argv[1];
-const fds = openTap('phfd0', { queues: 2, vnetHdr: true, multiQueue: true });
-const srv = await serveFds({ path: sockPath, fds, description: ${JSON.stringify(DESCRIPTION)}, onError: (e) => console.error(e) });
+const fds = [openTap('phfd0', { queues: 2, vnetHdr: true, multiQueue: true }), openTap('phfd1', { queues: 1, vnetHdr: true, multiQueue: false })];
+const srv = await serveFds({ path: sockPath, fds, nics: ${JSON.stringify([NIC0, NIC1])}, onError: (e) => console.error(e) });
 console.log(JSON.stringify({ ready: true }));
 process.on('SIGTERM', async () => { await srv.close(); console.log(JSON.stringify({ served: srv.served })); process.exit(0); });
 `;
@@ -34,17 +42,18 @@ process.on('SIGTERM', async () => { await srv.close(); console.log(JSON.stringif
 const EXEC_CLIENT = `
 import { fetchFds, execWithFds } from ${FD_SOCKET};
 const [sockPath, which] = process.argv.slice(1);
-const { description, fds } = await fetchFds(sockPath);
+const { nics, fds } = await fetchFds(sockPath);
 if (which === 'sh') {
   execWithFds(['sh', '-c',
     'for f in 3 4 5 6 7; do [ -e /proc/self/fd/$f ] && echo "fd $f $(readlink /proc/self/fd/$f)"; done; ' +
-    'echo "args {fd} {fds} {fds_csv} {mac} {mtu} {tap} {bridge} {queues} {vectors} {ch_queues}"; echo \\'{"json":{"ok":1}}\\''],
-    fds, description);
+    'echo "args {fd} {fds} {fds_csv} {mac} {mtu} {tap} {bridge} {queues} {vectors} {ch_queues}"; ' +
+    'echo "nic1 {fd:1} {fds:net1} {mac:1} {mtu:net1} {tap:1} {queues:1} {interface:1}"; echo \\'{"json":{"ok":1}}\\''],
+    fds, nics);
 } else {
   execWithFds([${JSON.stringify(NODE)}, '--input-type=module', '-e',
     'import { tapInfo } from "${JSON.parse(NATIVE)}"; ' +
-    'console.log(JSON.stringify({ q0: tapInfo(3), q1: tapInfo(4), argv: process.argv.slice(1) }));',
-    '{fd}', '{fds}', '{mac}'], fds, description);
+    'console.log(JSON.stringify({ q0: tapInfo(3), q1: tapInfo(4), n1: tapInfo(5), argv: process.argv.slice(1) }));',
+    '{fd}', '{fds}', '{mac}', '{fd:1}'], fds, nics);
 }
 `;
 
@@ -111,41 +120,56 @@ describe('fd socket', () => {
     expect(st.mode & 0o777).toBe(0o600);
   });
 
-  it('hands out the tap fds with the description, again and again', async () => {
+  it('hands out every NIC\'s tap fds with their descriptions, NIC 0\'s queues first, again and again', async () => {
     for (let round = 0; round < 3; round++) {
-      const { description, fds } = await fetchFds(sockPath, { timeoutMs: 5000 });
+      const { nics, fds } = await fetchFds(sockPath, { timeoutMs: 5000 });
       try {
-        expect(description).toEqual(DESCRIPTION);
-        expect(fds).toHaveLength(2);
-        for (const fd of fds) {
-          expect(getCloexec(fd)).toBe(true);
-          const info = tapInfo(fd);
-          expect(info.name).toBe('phfd0');
-          expect(info.flags & (IFF_VNET_HDR | IFF_MULTI_QUEUE)).toBe(IFF_VNET_HDR | IFF_MULTI_QUEUE);
-        }
+        expect(nics).toEqual([{ ...NIC0, fds: 2 }, { ...NIC1, fds: 1 }]);
+        expect(fds).toHaveLength(3);
+        for (const fd of fds) expect(getCloexec(fd)).toBe(true);
+        const infos = fds.map((fd) => tapInfo(fd));
+        expect(infos.map((i) => i.name)).toEqual(['phfd0', 'phfd0', 'phfd1']);
+        for (const i of infos.slice(0, 2)) expect(i.flags & (IFF_VNET_HDR | IFF_MULTI_QUEUE)).toBe(IFF_VNET_HDR | IFF_MULTI_QUEUE);
+        expect(infos[2]!.flags & (IFF_VNET_HDR | IFF_MULTI_QUEUE)).toBe(IFF_VNET_HDR);
       } finally {
         closeAllQuietly(fds);
       }
     }
   });
 
-  it('execs a program that finds the tap at fds 3 and 4 and nothing else', async () => {
+  it('speaks podtap-fds/2 on the wire: one JSON line with every NIC and NIC 0 as the description', async () => {
+    // A client that takes no fds (the kernel closes them) and reads the text.
+    const text = await new Promise<string>((resolve, reject) => {
+      let got = '';
+      const c = connect(sockPath);
+      c.on('data', (d) => (got += d.toString()));
+      c.on('end', () => resolve(got));
+      c.on('error', reject);
+    });
+    expect(text.endsWith('\n')).toBe(true);
+    expect(JSON.parse(text)).toEqual({ protocol: 'podtap-fds/2', fds: 3, nics: [{ ...NIC0, fds: 2 }, { ...NIC1, fds: 1 }], description: { ...NIC0, fds: 2 } });
+    expect(PROTOCOL).toBe('podtap-fds/2');
+  });
+
+  it('execs a program that finds NIC 0 at fds 3 and 4, NIC 1 at fd 5, and nothing else', async () => {
     const r = await run([NODE, '--input-type=module', '-e', EXEC_CLIENT, sockPath, 'sh']);
     expect(r.code, r.stderr).toBe(0);
     const lines = r.stdout.trim().split('\n');
-    expect(lines.filter((l) => l.startsWith('fd '))).toEqual(['fd 3 /dev/net/tun', 'fd 4 /dev/net/tun']);
+    expect(lines.filter((l) => l.startsWith('fd '))).toEqual(['fd 3 /dev/net/tun', 'fd 4 /dev/net/tun', 'fd 5 /dev/net/tun']);
     expect(lines).toContain('args 3 3:4 3,4 02:00:0a:00:00:05 1450 phfd0 br0 2 6 4');
+    expect(lines).toContain('nic1 5 5 02:00:0a:00:01:05 1500 phfd1 1 net1');
     expect(lines).toContain('{"json":{"ok":1}}');
   });
 
   it('execs a program that sees the same tap on its inheritable fds', async () => {
     const r = await run([NODE, '--input-type=module', '-e', EXEC_CLIENT, sockPath, 'node']);
     expect(r.code, r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout.trim()) as { q0: { name: string; flags: number }; q1: { name: string }; argv: string[] };
+    const out = JSON.parse(r.stdout.trim()) as { q0: { name: string; flags: number }; q1: { name: string }; n1: { name: string }; argv: string[] };
     expect(out.q0.name).toBe('phfd0');
     expect(out.q0.flags & IFF_MULTI_QUEUE).toBe(IFF_MULTI_QUEUE);
     expect(out.q1.name).toBe('phfd0');
-    expect(out.argv).toEqual(['3', '3:4', '02:00:0a:00:00:05']);
+    expect(out.n1.name).toBe('phfd1');
+    expect(out.argv).toEqual(['3', '3:4', '02:00:0a:00:00:05', '5']);
   });
 
   it('refuses a client without permission, saying why', async () => {
@@ -176,9 +200,10 @@ describe('fd socket', () => {
       stdout.once('line', (line) => resolve((JSON.parse(line) as { served: number }).served)),
     );
     await killChild(server, 'SIGTERM');
-    expect(await served).toBe(5);
+    expect(await served).toBe(6);
     expect(existsSync(sockPath)).toBe(false);
     expect(linkIn(ns, 'phfd0')).toBeUndefined();
+    expect(linkIn(ns, 'phfd1')).toBeUndefined();
   });
 });
 
@@ -198,12 +223,12 @@ describe('fd socket housekeeping', () => {
 
     const [a, b] = socketPair();
     try {
-      const srv = await serveFds({ path: p, mode: 0o660, fds: [a], description: { note: 'x' } });
+      const srv = await serveFds({ path: p, mode: 0o660, fds: [[a]], nics: [{ note: 'x' }] });
       try {
         expect(statSync(p).mode & 0o777).toBe(0o660);
-        await expect(serveFds({ path: p, fds: [a], description: {} })).rejects.toThrow(/another server is listening/);
+        await expect(serveFds({ path: p, fds: [[a]], nics: [{}] })).rejects.toThrow(/another server is listening/);
         const got = await fetchFds(p, { timeoutMs: 2000 });
-        expect(got.description).toEqual({ note: 'x' });
+        expect(got.nics).toEqual([{ note: 'x', fds: 1 }]);
         expect(got.fds).toHaveLength(1);
         closeAllQuietly(got.fds);
         expect(srv.served).toBe(1);
@@ -214,7 +239,7 @@ describe('fd socket housekeeping', () => {
 
       const file = path.join(dir, 'plain');
       writeFileSync(file, 'not a socket');
-      await expect(serveFds({ path: file, fds: [a], description: {} })).rejects.toThrow(/not a socket; refusing/);
+      await expect(serveFds({ path: file, fds: [[a]], nics: [{}] })).rejects.toThrow(/not a socket; refusing/);
       expect(existsSync(file)).toBe(true);
     } finally {
       closeAllQuietly([a, b]);
@@ -236,7 +261,7 @@ describe('fd socket housekeeping', () => {
       import { socketPair } from ${NATIVE};
       const [a] = socketPair();
       for (const argv of [['sh', '-c', '{nope}'], ['no-such-vmm-binary', '{fd}']]) {
-        try { execWithFds(argv, [a], {}); } catch (e) { console.log(e.message); }
+        try { execWithFds(argv, [a], [{ fds: 1 }]); } catch (e) { console.log(e.message); }
       }
       console.log('still here');
     `;
@@ -245,5 +270,54 @@ describe('fd socket housekeeping', () => {
     expect(r.stdout).toMatch(/unknown placeholder \{nope\}/);
     expect(r.stdout).toMatch(/no-such-vmm-binary: not found in PATH/);
     expect(r.stdout).toMatch(/still here/);
+  });
+});
+
+describe('fetching from an older server', () => {
+  it('podtap-fds/1 (one NIC, a description) is still understood', async () => {
+    const p = path.join(dir, 'v1.sock');
+    const [a, b] = socketPair();
+    const server = createServer({ pauseOnConnect: true }, (conn) => {
+      const payload = Buffer.from(`${JSON.stringify({ protocol: 'podtap-fds/1', fds: 1, description: { mac: '02:00:00:00:00:01', tap: 'tap0' } })}\n`);
+      sendFds(socketFdOf(conn), payload, [a], { timeoutMs: 2000 });
+      conn.destroy();
+    });
+    await new Promise<void>((resolve) => server.listen(p, resolve));
+    try {
+      const got = await fetchFds(p, { timeoutMs: 2000 });
+      expect(got.nics).toEqual([{ mac: '02:00:00:00:00:01', tap: 'tap0', fds: 1 }]);
+      expect(got.fds).toHaveLength(1);
+      closeAllQuietly(got.fds);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+      closeAllQuietly([a, b]);
+    }
+  });
+});
+
+describe('podtap up --fd-socket and podtap exec', () => {
+  const cleanup = new Cleanup();
+  afterAll(() => cleanup.cleanupAll());
+
+  it('two NICs: exec finds each NIC\'s queues in NIC order, with their placeholders; the socket goes on SIGTERM', async () => {
+    const pod = await makePod('multi', { cleanup });
+    const before = await snapshot(pod.pod);
+    const sock = path.join(dir, 'podtap-fds.sock');
+    const nicArgs = ['--interface', 'eth0', '--interface', 'net2'];
+    const up = startPodtap(pod, ['up', '--fd-socket', sock, '--queues', '2', ...nicArgs], cleanup);
+    const ready = await up.ready;
+    expect(ready.fdSocket).toBe(sock);
+    expect(ready.nics.map((n) => [n.interface, n.tap, n.queues])).toEqual([['eth0', 'tap0', 2], ['net2', 'tap1', 2]]);
+    const script = 'for f in 3 4 5 6 7; do [ -e /proc/self/fd/$f ] && echo "fd $f $(sed -n "s/^iff:[[:space:]]*//p" /proc/self/fdinfo/$f)"; done; echo "args $*"';
+    const r = await runInPod(pod.pod, pod.hostname, [PODTAP, 'exec', '--fd-socket', sock, '--', 'sh', '-c', script, 'vmm', '{fds}', '{mac}', '{fds:1}', '{mac:net2}', '{tap:1}', '{interface:1}'], { reject: false });
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.stdout.split('\n').filter((l) => l.startsWith('fd '))).toEqual(['fd 3 tap0', 'fd 4 tap0', 'fd 5 tap1', 'fd 6 tap1']);
+    const net2 = pod.nics.find((n) => n.ifname === 'net2')!;
+    expect(r.stdout.split('\n')).toContain(`args 3:4 ${pod.expect.mac} 5:6 ${net2.mac} tap1 net2`);
+    expect(r.stderr).toMatch(/fetched the TAP fds fds=4 nics=2/);
+    up.proc.kill('SIGTERM');
+    expect((await up.proc).exitCode, up.stderr()).toBe(0);
+    expect(existsSync(sock)).toBe(false);
+    expect(diffSnapshots(before, await snapshot(pod.pod))).toEqual([]);
   });
 });

@@ -1,7 +1,9 @@
 // `podtap up --persist-tap --tap-owner UID:GID`, for Firecracker: it opens
-// its tap by name (host_dev_name) as an unprivileged user rather than
-// taking fds. podtap leaves a persistent single-queue tap owned by that
-// user, holds no queue of it itself, and deletes it on SIGTERM.
+// its taps by name (host_dev_name) as an unprivileged user rather than
+// taking fds. podtap leaves a persistent single-queue tap per NIC owned by
+// that user, holds no queue of them itself, and deletes them on SIGTERM.
+// Once on the bridge data path with one NIC, once on the redirect data path
+// with two (a veth and a macvlan).
 //
 // The VMM here is a small Node script that does what Firecracker does with
 // host_dev_name (open /dev/net/tun, TUNSETIFF with IFF_TAP|IFF_NO_PI|
@@ -29,7 +31,7 @@ const url = (p: string) => JSON.stringify(pathToFileURL(join(REPO, p)).href);
 const UID = 4242;
 const GID = 4343;
 
-// argv: VM MAC. Prints JSON lines: who it runs as, the tap it attached (or
+// argv: VM MAC, tap name. Prints JSON lines: who it runs as, the tap it attached (or
 // why it could not), and the DHCP OFFER that came back through the tap.
 const FAKE_FIRECRACKER = `
 import { readFileSync, readSync, writeSync, closeSync } from 'node:fs';
@@ -37,14 +39,14 @@ import { openTap, tapInfo, waitFd } from ${url('src/sys/native.ts')};
 import { parsePacket } from ${url('src/serve/dhcp4/codec.ts')};
 import { clientPacket } from ${url('test/helpers/dhcp-packets.ts')};
 
-const vmMac = process.argv[1];
+const [vmMac, tapName] = process.argv.slice(1);
 const out = (o) => process.stdout.write(JSON.stringify(o) + '\\n');
 const capEff = /^CapEff:\\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))[1];
 out({ event: 'who', uid: process.getuid(), gid: process.getgid(), groups: process.getgroups(), capEff });
 
 let fd;
 try {
-  [fd] = openTap('tap0', { queues: 1, vnetHdr: true, multiQueue: false, exclusive: false });
+  [fd] = openTap(tapName, { queues: 1, vnetHdr: true, multiQueue: false, exclusive: false });
 } catch (e) {
   out({ event: 'open-failed', code: e.code, message: e.message });
   process.exit(3);
@@ -102,11 +104,11 @@ interface Line {
 }
 
 /** Runs the stand-in VMM in the pod as uid:gid with no capabilities; collects its lines. */
-function fakeFirecracker(pod: Pod, uid: number, gid: number, vmMac: string): Promise<{ code: number | null; lines: Line[]; stderr: string }> {
+function fakeFirecracker(pod: Pod, uid: number, gid: number, vmMac: string, tap = 'tap0'): Promise<{ code: number | null; lines: Line[]; stderr: string }> {
   const child = spawn(
     'ip',
     ['netns', 'exec', pod.pod, 'setpriv', '--reuid', String(uid), '--regid', String(gid), '--clear-groups', '--',
-      NODE, '--disable-warning=ExperimentalWarning', '--input-type=module', '-e', FAKE_FIRECRACKER, vmMac],
+      NODE, '--disable-warning=ExperimentalWarning', '--input-type=module', '-e', FAKE_FIRECRACKER, vmMac, tap],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   cleanup.pid(child.pid!);
@@ -125,55 +127,66 @@ interface IpLink {
   linkinfo?: { info_kind?: string; info_data?: Record<string, unknown>; [k: string]: unknown };
 }
 
-async function tapLink(pod: Pod): Promise<IpLink | undefined> {
-  const r = await run('ip', ['-n', pod.pod, '-d', '-j', 'link', 'show', 'dev', 'tap0'], { reject: false });
+async function tapLink(pod: Pod, tap = 'tap0'): Promise<IpLink | undefined> {
+  const r = await run('ip', ['-n', pod.pod, '-d', '-j', 'link', 'show', 'dev', tap], { reject: false });
   return r.exitCode === 0 ? (JSON.parse(r.stdout) as IpLink[])[0] : undefined;
 }
 
-it('up --persist-tap --tap-owner: a persistent tap that an unprivileged VMM opens by name, deleted on SIGTERM', async () => {
-  const pod = await makePod('ptp', { cleanup });
-  const before = await snapshot(pod.pod);
+const CASES = [
+  { shape: 'ptp', datapath: 'bridge', nics: [] as string[] },
+  { shape: 'multi', datapath: 'redirect', nics: ['eth0', 'net2'] },
+] as const;
 
-  const podtap = startPodtap(pod, ['up', '--persist-tap', '--tap-owner', `${UID}:${GID}`], cleanup);
-  const ready = await podtap.ready;
-  expect(ready).toMatchObject({ mac: pod.expect.mac, ip: `${pod.podIP}/${pod.prefix}`, tap: 'tap0', queues: 1, persistent: true });
+for (const { shape, datapath, nics } of CASES) {
+  it(`up --persist-tap --tap-owner (${shape} pod, ${datapath}, ${Math.max(nics.length, 1)} NIC${nics.length > 1 ? 's' : ''}): persistent taps that an unprivileged VMM opens by name, deleted on SIGTERM`, async () => {
+    const pod = await makePod(shape, { cleanup });
+    const before = await snapshot(pod.pod);
 
-  // ip -d link: a persistent single-queue tap with a vnet header, owned by
-  // uid:gid, in br0, and no carrier: podtap keeps no queue open itself.
-  const { stdout: text } = await run('ip', ['-n', pod.pod, '-d', 'link', 'show', 'tap0']);
-  expect(text).toMatch(new RegExp(`tun type tap pi off vnet_hdr on persist on user ${UID} group ${GID}`));
-  expect(text).not.toMatch(/multi_queue/);
-  const link = await tapLink(pod);
-  expect(link?.linkinfo).toEqual({
-    info_kind: 'tun',
-    info_data: { type: 'tap', pi: false, vnet_hdr: true, multi_queue: false, persist: true, user: UID, group: GID },
-    info_slave_kind: 'bridge',
-    info_slave_data: expect.any(Object),
+    const podtap = startPodtap(pod, ['up', '--persist-tap', '--tap-owner', `${UID}:${GID}`, '--datapath', datapath, ...nics.flatMap((n) => ['--interface', n])], cleanup);
+    const ready = await podtap.ready;
+    expect(ready).toMatchObject({ mac: pod.expect.mac, ip: `${pod.podIP}/${pod.handedPrefix}`, tap: 'tap0', queues: 1, persistent: true, datapath });
+    const wanted = nics.length ? nics.map((n) => pod.nics.find((x) => x.ifname === n)!) : [pod.nics[0]!];
+    expect(ready.nics.map((n) => [n.interface, n.tap, n.mac, n.ip])).toEqual(wanted.map((n, i) => [n.ifname, `tap${i}`, n.mac, `${n.ip}/${n.handedPrefix}`]));
+
+    for (const [i, nic] of wanted.entries()) {
+      const tap = `tap${i}`;
+      // ip -d link: a persistent single-queue tap with a vnet header, owned by
+      // uid:gid, on the data path, and no carrier: podtap keeps no queue open.
+      const { stdout: text } = await run('ip', ['-n', pod.pod, '-d', 'link', 'show', tap]);
+      expect(text).toMatch(new RegExp(`tun type tap pi off vnet_hdr on persist on user ${UID} group ${GID}`));
+      expect(text).not.toMatch(/multi_queue/);
+      const link = await tapLink(pod, tap);
+      expect(link?.linkinfo).toEqual({
+        info_kind: 'tun',
+        info_data: { type: 'tap', pi: false, vnet_hdr: true, multi_queue: false, persist: true, user: UID, group: GID },
+        ...(datapath === 'bridge' ? { info_slave_kind: 'bridge', info_slave_data: expect.any(Object) } : {}),
+      });
+      expect(link?.master).toBe(datapath === 'bridge' ? `br${i}` : undefined);
+      expect(link?.flags).toContain('NO-CARRIER');
+
+      // The VMM's user opens the tap by name, without any capability, and its
+      // DHCP DISCOVER gets podtap's OFFER of that NIC's address.
+      const vmm = await fakeFirecracker(pod, UID, GID, nic.mac, tap);
+      expect(vmm.code, vmm.stderr + JSON.stringify(vmm.lines)).toBe(0);
+      // (Node's getgroups() adds the effective gid; the supplementary list is empty.)
+      expect(vmm.lines[0]).toMatchObject({ event: 'who', uid: UID, gid: GID, groups: [GID], capEff: '0000000000000000' });
+      expect(vmm.lines[1]).toMatchObject({ event: 'attached', name: tap });
+      expect(vmm.lines[2]).toEqual({ event: 'offer', yiaddr: nic.ip, serverId: '169.254.75.1', srcIp: '169.254.75.1' });
+
+      // The tap outlives the VMM that let go of it (a restarted Firecracker
+      // finds it again)...
+      expect((await tapLink(pod, tap))?.linkinfo?.info_data).toMatchObject({ persist: true, user: UID, group: GID });
+      // ...and another user without NET_ADMIN may not take it over.
+      const stranger = await fakeFirecracker(pod, UID + 1, UID + 1, nic.mac, tap);
+      expect(stranger.code).toBe(3);
+      expect(stranger.lines[1]).toMatchObject({ event: 'open-failed', code: 'EPERM' });
+    }
+
+    process.kill(podtap.pid, 'SIGTERM');
+    const exit = await podtap.proc;
+    expect(exit.exitCode, podtap.stderr()).toBe(0);
+    expect(podtap.stderr()).toMatch(/namespace restored/);
+    for (const i of wanted.keys()) expect(await tapLink(pod, `tap${i}`)).toBeUndefined();
+    expect(diffSnapshots(before, await snapshot(pod.pod))).toEqual([]);
   });
-  expect(link?.master).toBe('br0');
-  expect(link?.flags).toContain('NO-CARRIER');
-
-  // The VMM's user opens the tap by name, without any capability, and its
-  // DHCP DISCOVER gets podtap's OFFER of the pod's address.
-  const vmm = await fakeFirecracker(pod, UID, GID, ready.mac);
-  expect(vmm.code, vmm.stderr + JSON.stringify(vmm.lines)).toBe(0);
-  // (Node's getgroups() adds the effective gid; the supplementary list is empty.)
-  expect(vmm.lines[0]).toMatchObject({ event: 'who', uid: UID, gid: GID, groups: [GID], capEff: '0000000000000000' });
-  expect(vmm.lines[1]).toMatchObject({ event: 'attached', name: 'tap0' });
-  expect(vmm.lines[2]).toEqual({ event: 'offer', yiaddr: pod.podIP, serverId: '169.254.75.1', srcIp: '169.254.75.1' });
-
-  // The tap outlives the VMM that let go of it (a restarted Firecracker
-  // finds it again)...
-  expect((await tapLink(pod))?.linkinfo?.info_data).toMatchObject({ persist: true, user: UID, group: GID });
-  // ...and another user without NET_ADMIN may not take it over.
-  const stranger = await fakeFirecracker(pod, UID + 1, UID + 1, ready.mac);
-  expect(stranger.code).toBe(3);
-  expect(stranger.lines[1]).toMatchObject({ event: 'open-failed', code: 'EPERM' });
-
-  process.kill(podtap.pid, 'SIGTERM');
-  const exit = await podtap.proc;
-  expect(exit.exitCode, podtap.stderr()).toBe(0);
-  expect(podtap.stderr()).toMatch(/namespace restored/);
-  expect(await tapLink(pod)).toBeUndefined();
-  expect(diffSnapshots(before, await snapshot(pod.pod))).toEqual([]);
-});
+}

@@ -26,8 +26,10 @@ import {
   startInPod,
   sweepOrphans,
 } from '../helpers/netns.ts';
-import { makePod, observePod, SHAPES, type Pod, type Shape } from '../helpers/pods.ts';
+import { ALL_SHAPES, makePod, observePod, type Pod, type Shape } from '../helpers/pods.ts';
 import { diffSnapshots, snapshot, waitSettled } from '../helpers/snapshot.ts';
+import { startPodtap } from '../helpers/podtap.ts';
+import { limiter } from '../helpers/limit.ts';
 
 const cleanup = new Cleanup();
 const created: string[] = [];
@@ -159,6 +161,17 @@ function shapeChecks(shape: Shape, p: Pod, obs: Awaited<ReturnType<typeof observ
       expect(obs.addresses).toContainEqual(expect.objectContaining({ family: 'inet6', local: 'fd00:24::2', prefixlen: 64, scope: 'global' }));
       expect(obs.routes).toContainEqual(expect.objectContaining({ family: 'inet6', dst: 'default', gateway: 'fd00:24::1' }));
       break;
+    case 'multi':
+      // eth0 as CNI ptp makes it, and three more interfaces.
+      expect(obs.addresses).toEqual([expect.objectContaining({ local: '10.27.0.2', prefixlen: 16 })]);
+      expect(v4).toContainEqual(expect.objectContaining({ dst: 'default', gateway: '10.27.0.1' }));
+      expect(p.nics.map((n) => [n.ifname, n.kind, n.ip ?? null, n.defaultRoute])).toEqual([
+        ['eth0', 'veth', '10.27.0.2', true],
+        ['net1', 'veth', '10.28.0.2', false],
+        ['net2', 'macvlan', '10.29.0.2', false],
+        ['net3', 'veth', null, false],
+      ]);
+      break;
     case 'jumbo':
       expect(obs.mtu).toBe(9000);
       expect(obs.addresses.map((a) => [a.local, a.secondary ?? false])).toEqual([
@@ -172,8 +185,31 @@ function shapeChecks(shape: Shape, p: Pod, obs: Awaited<ReturnType<typeof observ
   expect(p.gateway).toBeDefined();
 }
 
-describe.each(SHAPES)('%s pod', (shape) => {
-  it('is built for real, reaches its node, snapshots detect change, and cleans up', async () => {
+/** What `ip` says about the pod's other interfaces (multi): kind, addresses, routes, and that only eth0 has a default route. */
+async function otherNics(p: Pod): Promise<void> {
+  for (const n of p.nics.slice(1)) {
+    const [link] = JSON.parse((await run('ip', ['-n', p.pod, '-j', '-d', 'addr', 'show', 'dev', n.ifname])).stdout) as Record<string, any>[];
+    expect(link!.linkinfo.info_kind, n.ifname).toBe(n.kind);
+    expect(link!.address).toBe(n.mac);
+    const global = (link!.addr_info as Record<string, any>[]).filter((a) => a.scope === 'global').map((a) => `${a.local}/${a.prefixlen}`);
+    expect(global, n.ifname).toEqual(n.ip ? [`${n.ip}/${n.prefix}`] : []);
+    const routes = JSON.parse((await run('ip', ['-n', p.pod, '-j', 'route', 'show', 'dev', n.ifname])).stdout) as Record<string, any>[];
+    // The connected route of its subnet, nothing else: no default, no gateway.
+    expect(routes.map((r) => [r.dst, r.gateway ?? null]), n.ifname).toEqual(n.ip ? [[`${n.ip.replace(/\.\d+$/, '.0')}/${n.prefix}`, null]] : []);
+    if (n.nodeAddr) expect(await pingFrom(p.pod, n.nodeAddr), `${n.ifname} reaches ${n.nodeAddr}`).toBe(true);
+  }
+  if (p.shape === 'multi') {
+    // The macvlan really sits on a parent in the node namespace.
+    const [mv] = JSON.parse((await run('ip', ['-n', p.pod, '-j', '-d', 'link', 'show', 'dev', 'net2'])).stdout) as Record<string, any>[];
+    expect(mv!.linkinfo.info_data.mode).toBe('bridge');
+  }
+}
+
+// Each shape on a pod of its own, two at once.
+const shapeSlots = limiter(2);
+
+describe.each(ALL_SHAPES)('%s pod', (shape) => {
+  it.concurrent('is built for real, reaches its node, snapshots detect change, and cleans up', () => shapeSlots(async () => {
     const t0 = performance.now();
     const p = await makePod(shape, { cleanup });
     const tMade = performance.now();
@@ -192,7 +228,8 @@ describe.each(SHAPES)('%s pod', (shape) => {
     shapeChecks(shape, p, obs);
     expect(p.ifname).toBe('eth0');
     expect(first.links[p.ifname]).toMatchObject({ mtu: p.expect.mtu, address: p.expect.mac });
-    expect(Object.keys(first.links).sort()).toEqual(['eth0', 'lo']);
+    expect(Object.keys(first.links).sort()).toEqual(['lo', ...p.nics.map((n) => n.ifname)].sort());
+    await otherNics(p);
 
     // Reaches its node.
     expect(await pingFrom(p.pod, p.nodeAddr)).toBe(true);
@@ -240,6 +277,36 @@ describe.each(SHAPES)('%s pod', (shape) => {
     if (p.cniNetwork) expect(existsSync(join('/var/lib/cni/networks', p.cniNetwork))).toBe(false);
     expect(await rootLinks()).toEqual(rootLinksBefore);
     await p.cleanup(); // idempotent
+  }));
+});
+
+describe('the pod wrapper', () => {
+  /** The /proc/sys line of a mountinfo text: its mount options, or undefined when it is no mount point. */
+  function procSysOptions(mountinfo: string): string[] | undefined {
+    // id parent major:minor root mountpoint options ... - fstype source superoptions
+    const line = mountinfo.split('\n').find((l) => l.split(' ')[4] === '/proc/sys');
+    return line?.split(' ')[5]?.split(',');
+  }
+
+  it('runs every pod command, and podtap itself, with /proc/sys read-only, as container engines mount it', async () => {
+    const p = await makePod('ptp', { cleanup });
+    created.push(p.node, p.pod);
+    // A command in the pod: /proc/sys is a read-only mount point, and writing fails.
+    const seen = await p.run(['cat', '/proc/self/mountinfo']);
+    expect(procSysOptions(seen.stdout)).toContain('ro');
+    const write = await p.run(['sh', '-c', 'echo 1 > /proc/sys/net/ipv4/ip_forward'], { reject: false });
+    expect(write.exitCode).not.toBe(0);
+    expect(write.stderr).toMatch(/Read-only file system/);
+    // The same sysctl is writable outside the pod wrapper: the read-only mount is the pod's alone.
+    expect(procSysOptions(readFileSync('/proc/self/mountinfo', 'utf8')) ?? []).not.toContain('ro');
+    // podtap's own mount table while it is up.
+    const up = startPodtap(p, ['up'], cleanup);
+    await up.ready;
+    expect(procSysOptions(readFileSync(`/proc/${up.pid}/mountinfo`, 'utf8'))).toContain('ro');
+    expect(readFileSync(`/proc/${up.pid}/cmdline`, 'utf8').split('\0')).toContain('up');
+    up.proc.kill('SIGTERM');
+    expect((await up.proc).exitCode, up.stderr()).toBe(0);
+    await p.cleanup();
   });
 });
 

@@ -1,5 +1,6 @@
 // The QMP client against a real, paused QEMU (TCG, no guest) running in a
-// namespace made for the test, with a tap opened there by openTap.
+// namespace made for the test, with a tap opened there by openTap; and
+// `podtap up --qmp` hot-plugging two NICs of a pod into that QEMU.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -9,9 +10,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QmpClient, QmpConnectionError, QmpError } from '../../src/handoff/qmp.ts';
 import { closeAllQuietly, openTap } from '../../src/sys/native.ts';
 import { createNetns, deleteNetns, inNetns, linkIn } from '../helpers/handoff-netns.ts';
+import { Cleanup } from '../helpers/netns.ts';
+import { makePod } from '../helpers/pods.ts';
+import { snapshot, diffSnapshots } from '../helpers/snapshot.ts';
+import { podtapIn, startPodtap } from '../helpers/podtap.ts';
 
 let ns: string;
 let dir: string;
+let podtapSock: string;
 let qemu: ChildProcess | undefined;
 let client: QmpClient | undefined;
 const opened: number[] = [];
@@ -47,6 +53,8 @@ beforeAll(async () => {
   ns = createNetns('ph-qmp');
   dir = mkdtempSync(path.join(tmpdir(), 'ph-qmp-'));
   const sock = path.join(dir, 'qmp.sock');
+  // QEMU serves one client per QMP socket: podtap gets a second one.
+  podtapSock = path.join(dir, 'podtap-qmp.sock');
   // `ip netns exec` execs QEMU in place, so this pid is QEMU's.
   qemu = spawn(
     'ip',
@@ -55,9 +63,12 @@ beforeAll(async () => {
       'qemu-system-x86_64', '-accel', 'tcg', '-machine', 'q35', '-m', '128',
       '-nodefaults', '-nographic', '-display', 'none', '-S',
       '-qmp', `unix:${sock},server=on,wait=off`,
+      '-qmp', `unix:${podtapSock},server=on,wait=off`,
       '-device', 'pcie-root-port,id=rp1,bus=pcie.0,chassis=1',
       '-device', 'pcie-root-port,id=rp2,bus=pcie.0,chassis=2',
       '-device', 'pcie-root-port,id=rp3,bus=pcie.0,chassis=3',
+      '-device', 'pcie-root-port,id=rp4,bus=pcie.0,chassis=4',
+      '-device', 'pcie-root-port,id=rp5,bus=pcie.0,chassis=5',
     ],
     { stdio: ['ignore', 'ignore', 'inherit'] },
   );
@@ -198,6 +209,40 @@ describe('QMP hot-plug', () => {
     expect((err as QmpConnectionError).code).toBe('ENOENT');
     expect((err as Error).message).toContain(bad);
     expect((err as Error).message).toMatch(/retried for 800 ms/);
+  });
+
+  it('podtap up --qmp, two NICs: each is hot-plugged on its own bus as podtap0 and podtap1 with its MAC and queues; after kill -9, down restores the pod', async () => {
+    const cleanup = new Cleanup();
+    try {
+      const pod = await makePod('multi', { cleanup });
+      const before = await snapshot(pod.pod);
+      const nics = [pod.nics[0]!, pod.nics.find((n) => n.ifname === 'net2')!];
+      const up = startPodtap(pod, ['up', '--qmp', podtapSock, '--qmp-bus', 'rp4', '--qmp-bus', 'rp5', '--queues', '2', ...nics.flatMap((n) => ['--interface', n.ifname])], cleanup);
+      const ready = await up.ready;
+      expect(ready.qmp).toEqual({ devices: ['podtap0', 'podtap1'] });
+      for (const [i, nic] of nics.entries()) {
+        const id = `podtap${i}`;
+        expect(await peripheral(id)).toBe(true);
+        expect(await qomGet(id, 'type')).toBe('virtio-net-pci');
+        expect(await qomGet(id, 'parent_bus')).toBe(`/machine/peripheral/rp${4 + i}/rp${4 + i}`);
+        expect(await qomGet(id, 'netdev')).toBe(id);
+        expect(await qomGet(id, 'mac')).toBe(nic.mac);
+        expect(await qomGet(id, 'mq')).toBe(true);
+        expect(await qomGet(id, 'host_mtu')).toBe(nic.mtu);
+      }
+      // Each netdev holds its own tap's two queues.
+      const info = await hmp('info network');
+      for (const i of [0, 1]) expect(info.match(new RegExp(`podtap${i}: index=\\d+,type=tap,fd=\\d+`, 'g')), info).toHaveLength(2);
+      // Unplugging needs a guest that acknowledges (15 s each without one):
+      // kill -9 instead, and `podtap down` restores the pod while QEMU keeps its copies of the fds.
+      up.proc.kill('SIGKILL');
+      await up.proc;
+      const down = await podtapIn(pod, ['down', '--state-dir', up.stateDir]);
+      expect(down.exitCode, down.stderr).toBe(0);
+      expect(diffSnapshots(before, await snapshot(pod.pod))).toEqual([]);
+    } finally {
+      await cleanup.cleanupAll();
+    }
   });
 
   it('the tap goes away with QEMU', async () => {

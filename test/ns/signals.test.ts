@@ -52,10 +52,10 @@ const MOMENTS: Moment[] = [
 
 type Outcome = 'died before its handlers' | 'stopped before changing anything' | 'set up, then restored' | 'ready, then restored';
 
-async function signalDuringSetup(pod: Pod, before: Snapshot, sig: 'SIGTERM' | 'SIGINT', m: Moment): Promise<{ outcome?: Outcome; problems: string[] }> {
+async function signalDuringSetup(pod: Pod, before: Snapshot, sig: 'SIGTERM' | 'SIGINT', m: Moment, args: string[]): Promise<{ outcome?: Outcome; problems: string[] }> {
   const problems: string[] = [];
   const stateDir = stateDirFor(cleanup);
-  const up = startPodtap(pod, ['up'], cleanup, {}, stateDir);
+  const up = startPodtap(pod, ['up', ...args], cleanup, {}, stateDir);
   let ended = false;
   void up.proc.then(() => (ended = true));
   if (m.anchor !== 'spawn') {
@@ -88,15 +88,23 @@ async function signalDuringSetup(pod: Pod, before: Snapshot, sig: 'SIGTERM' | 'S
   return { ...(outcome ? { outcome } : {}), problems };
 }
 
+// SIGTERM on a one-NIC pod (bridge data path), SIGINT on the four-NIC pod
+// (redirect, the default).
+const WALKS = [
+  { sig: 'SIGTERM', shape: 'ptp', datapath: 'bridge' },
+  { sig: 'SIGINT', shape: 'multi', datapath: 'redirect' },
+] as const;
+
 describe('a signal at any moment of setup', () => {
-  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
-    it.concurrent(`${sig}: exit 0 with the namespace restored, or death before anything changed`, async () => {
-      const pod = await makePod('ptp', { cleanup });
+  for (const { sig, shape, datapath } of WALKS) {
+    it.concurrent(`${sig} (${shape} pod, ${datapath}): exit 0 with the namespace restored, or death before anything changed`, async () => {
+      const pod = await makePod(shape, { cleanup });
       const before = await snapshot(pod.pod);
+      const args = ['--datapath', datapath, ...pod.nicArgs(datapath)];
       const failures: string[] = [];
       const tally: Record<string, number> = {};
       for (const m of MOMENTS) {
-        const { outcome, problems } = await signalDuringSetup(pod, before, sig, m);
+        const { outcome, problems } = await signalDuringSetup(pod, before, sig, m, args);
         const label = `${sig} ${m.ms} ms after ${m.anchor}`;
         if (outcome) tally[outcome] = (tally[outcome] ?? 0) + 1;
         if (problems.length) failures.push(`${label} (${outcome ?? 'bad exit'}): ${problems.join('\n  ')}`);
@@ -188,10 +196,10 @@ describe('a second signal does not cut teardown short', () => {
     expect(readdirSync(up.stateDir)).toEqual([]);
   });
 
-  it('a burst of signals while setup is applying its steps', async () => {
-    const pod = await makePod('dualstack', { cleanup });
+  it('a burst of signals while setup is applying its steps (three NICs on the bridge data path)', async () => {
+    const pod = await makePod('multi', { cleanup });
     const before = await snapshot(pod.pod);
-    const up = startPodtap(pod, ['up'], cleanup);
+    const up = startPodtap(pod, ['up', '--datapath', 'bridge', ...pod.nicArgs('bridge')], cleanup);
     let ended = false;
     void up.proc.then(() => (ended = true));
     expect(await waitForPath(join(up.stateDir, 'journal.json'), () => ended)).toBe(true);
