@@ -3,9 +3,6 @@
 // where it came from) and a "fix:" line saying what would be accepted; a
 // non-zero exit, nothing on stdout, no stack trace, and the namespace exactly
 // as it was. See src/options.ts for the options.
-//
-// Cases with a `bug` note fail today: the note says what goes wrong (each
-// was reported with a proposed fix to src/). None has one now.
 
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -68,8 +65,6 @@ interface Bad {
   wrap?: string[];
   stateDir?: false;
   on?: 'calico';
-  /** What goes wrong today, for a case that exposes a defect in src/. */
-  bug?: string;
 }
 
 const NAME_FIX = /1 to 15 characters/;

@@ -114,7 +114,7 @@ afterAll(async () => {
 });
 
 describe('fd socket', () => {
-  it('creates the socket with mode 0600 in a directory it makes', () => {
+  it('creates a socket file with exactly the default mode 0600', () => {
     const st = statSync(sockPath);
     expect(st.isSocket()).toBe(true);
     expect(st.mode & 0o777).toBe(0o600);
