@@ -343,9 +343,11 @@ export async function down(opts: Pick<Options, 'stateDir'>, log: Logger, fault?:
     if (!journal) return 'nothing';
     journal.own();
     const restored = await tearDown(journal, log, fault);
-    // A podtap killed while up leaves its readiness file: a probe must not
-    // see the VM's network as up once it has been taken down.
+    // A podtap killed while up leaves its readiness file (a probe must not
+    // see the VM's network as up once it has been taken down) and its status
+    // socket.
     removeStateFile(join(opts.stateDir, 'ready'));
+    removeStateFile(join(opts.stateDir, 'status.sock'));
     return restored;
   } finally {
     lock.release();
