@@ -74,7 +74,7 @@ describe.skipIf(why !== undefined)(why ? `init/pod-entrypoint.yaml in podman (sk
   it('the manifest runs the qemu image the docs build, with NET_ADMIN, the tun device, its state on a volume and a readiness probe on the ready file there', async () => {
     const vm = containerOf(manifest, 'vm');
     expect(vm.image).toBe('podtap-qemu:latest');
-    expect(await documentedBuild(vm.image), 'docs/containers.md builds the image the manifest names').toMatch(/--target qemu -t podtap-qemu:latest \./);
+    expect(await documentedBuild(vm.image), 'the README builds the image the manifest names').toMatch(/--target qemu -t podtap-qemu:latest \./);
     expect(vm.securityContext?.capabilities).toEqual({ add: ['NET_ADMIN'] });
     expect(vm.securityContext).not.toHaveProperty('privileged');
     expect(volumeOf(manifest, 'tun').hostPath).toEqual({ path: '/dev/net/tun', type: 'CharDevice' });
@@ -124,7 +124,7 @@ describe.skipIf(why !== undefined)(why ? `init/pod-entrypoint.yaml in podman (sk
     // Ready: the probe's command passes and shows the pod's identity, handed to the VM.
     const ready = JSON.parse(await untilReady(engine, pod, 'vm')) as ReadyLine;
     expect(ready).toMatchObject({ event: 'ready', mac: pod.net.mac, ip: `${pod.net.ip}/${pod.net.prefix}`, gateway, adopted: false });
-    // What podman itself makes of the probe: nothing (docs/containers.md says so).
+    // What podman itself makes of the probe: nothing (the README says so).
     const hc = await engine.podman(['healthcheck', 'run', c], { reject: false });
     expect(hc.stderr).toMatch(/has no defined healthcheck/);
 

@@ -345,9 +345,9 @@ export async function leftIn(ns: string): Promise<{ links: string[]; addresses: 
   };
 }
 
-/** What the manifest's image is, checked against what docs/containers.md tells people to build. */
+/** What the manifest's image is, checked against what the README tells people to build. */
 export async function documentedBuild(image: string): Promise<string | undefined> {
-  const doc = await readFile(join(REPO_ROOT, 'docs/containers.md'), 'utf8');
+  const doc = await readFile(join(REPO_ROOT, 'README.md'), 'utf8');
   return doc.split('\n').find((l) => /\b(podman|docker) build\b/.test(l) && l.includes(` -t ${image} `));
 }
 
