@@ -130,7 +130,7 @@ export async function podtapHasDatapath(): Promise<boolean> {
  * --datapath existed, bridge was the only path). The contender started
  * without --datapath then checks it against podtap's ready line.
  */
-async function podtapDefaultDatapath(): Promise<{ path: string; stated: boolean; text: string }> {
+export async function podtapDefaultDatapath(): Promise<{ path: string; stated: boolean; text: string }> {
   const line = (await podtapHelp()).split('\n').find((l) => l.includes('--datapath')) ?? '';
   const m = /default:?\s*(bridge|redirect)/i.exec(line);
   const text = /\(default[^)]*\)/i.exec(line)?.[0] ?? '';

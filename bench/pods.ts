@@ -24,19 +24,18 @@ export async function makePods(n: number, cleanup: Cleanup, concurrency = 4): Pr
 
 export interface PodPlan {
   vm: { mac: string; ip: string; address: string; prefixlen: number; mtu: number; gateway?: string };
+  datapath: string;
   linkLocal: string;
   stepIds: string[];
   setupIp: string[];
   teardownIp: string[];
   nftSetup: string;
   nftTeardown: string;
-  sysctlSetup: string[];
-  sysctlTeardown: string[];
 }
 
-/** podtap's own discovery + plan for this pod (read-only), via bench/plan-helper.ts. */
-export async function planFor(pod: Pod): Promise<PodPlan> {
-  const r = await timed(nsenter(pod.pod, [NODE, '--disable-warning=ExperimentalWarning', join(ROOT, 'bench/plan-helper.ts'), resolvConfOf(pod)]), { timeoutMs: 30_000 });
+/** podtap's own discovery + plan for this pod (read-only), via bench/plan-helper.ts; `datapath` as --datapath. */
+export async function planFor(pod: Pod, datapath?: string): Promise<PodPlan> {
+  const r = await timed(nsenter(pod.pod, [NODE, '--disable-warning=ExperimentalWarning', join(ROOT, 'bench/plan-helper.ts'), resolvConfOf(pod), ...(datapath ? [datapath] : [])]), { timeoutMs: 30_000 });
   return JSON.parse(r.stdout) as PodPlan;
 }
 
@@ -84,7 +83,7 @@ export async function waitReady(run: Running, timeoutMs = 30_000, note = true): 
   return { ms: at - run.startedAt, at, line: JSON.parse(line) };
 }
 
-/** Runs a shell script in the namespace (untimed plumbing: sysctl writes and the like). */
+/** Runs a shell script in the namespace (untimed plumbing). */
 export async function nsSh(ns: string, script: string): Promise<void> {
   await timed(nsenter(ns, ['sh', '-c', script]), { timeoutMs: 10_000 });
 }

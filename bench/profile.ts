@@ -1,4 +1,5 @@
-// Where `podtap up`'s set-up time goes:
+// Where `podtap up`'s set-up time goes (podtap's own phase timings from the
+// ready line, with each child process and fsync around them):
 //
 //   ladder      start-up of ever more of podtap without doing anything:
 //               node -e 0 → an empty .mjs → an empty .ts (type stripping) →
@@ -8,7 +9,8 @@
 //               processes
 //   traced up   `podtap up` with bench/trace-hook.mjs preloaded: a timeline
 //               of exec, Node boot, module loading, each ip/nft child
-//               process, fsyncs, sysctl writes, the DHCP socket bind, ready
+//               process (the namespace read main() prefetches included),
+//               fsyncs, ready
 //   what-if     the same `up` without the launcher (dist/, src/), and as one
 //               bundled .mjs (rolldown, when installed), interleaved
 
@@ -153,47 +155,53 @@ function analyse(trace: Trace, spawnEpoch: number, readyEpoch: number, timings: 
   const launch = Math.max(0, T0 - spawnEpoch);
   const sStart = setupStart?.s ?? trace.hookAt;
   const sReady = ready?.s ?? sStart;
-  const inSetup = (e: TraceEvent) => e.s >= sStart && e.s <= sReady;
-  const spawns = ev.filter((e) => e.k === 'spawn' && inSetup(e));
-  const children = spawns.map((e) => ({ cmd: shortCmd(e.cmd ?? '?'), ms: (e.exit ?? e.s) - e.s }));
+  // Every child up to ready: the namespace read starts before setUp (main
+  // prefetches it while the rest of podtap loads).
+  const spawns = ev.filter((e) => e.k === 'spawn' && e.s <= sReady);
+  const dur = (e: TraceEvent) => (e.exit ?? e.s) - e.s;
+  const children = spawns.map((e) => ({ cmd: shortCmd(e.cmd ?? '?'), ms: dur(e) }));
   const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
-  const fsync = ev.filter((e) => e.k === 'fsync' && inSetup(e));
-  const sysctl = ev.filter((e) => e.k === 'sysctl' && inSetup(e));
-  const udp = ev.filter((e) => e.k === 'udp-socket' || e.k === 'udp-listening');
-  const udpMs = udp.length ? udp[udp.length - 1]!.s - udp[0]!.s : 0;
-  const childMs = sum(children.map((c) => c.ms));
+  const fsync = ev.filter((e) => e.k === 'fsync' && e.s >= sStart && e.s <= sReady);
   const fsyncMs = sum(fsync.map((e) => (e.e ?? e.s) - e.s));
-  const sysctlMs = sum(sysctl.map((e) => (e.e ?? e.s) - e.s));
-  const setupToReady = sReady - sStart;
+  const read = spawns.find((e) => /-j -d -batch/.test(e.cmd ?? ''));
+  const probes = spawns.filter((e) => /nft -c\b/.test(e.cmd ?? ''));
+  const probesEnd = probes.length ? Math.max(...probes.map((e) => e.exit ?? e.s)) : undefined;
+  const t = (k: string) => timings[k] ?? 0;
+  const inPhases = ['discovery', 'plan', 'apply', 'tapOpen', 'dhcpReady', 'handoff'].reduce((a, k) => a + t(k), 0);
   const phases: Record<string, number> = {
     'spawn() → Node process start (fork/exec, nsenter, sh launcher)': launch,
     'Node bootstrap (to the preload)': trace.hookAt,
     'module loading + main() until setUp': sStart - trace.hookAt,
-    'child processes (ip/nft), spawn → exit': childMs,
-    'fsync (journal)': fsyncMs,
-    'sysctl writes': sysctlMs,
-    'DHCP sockets: create → listening': udpMs,
-    'other JS in setUp/serve (parse, plan, native addon + dhcp imports, TAP ioctl, journal JSON, awaits)': setupToReady - childMs - fsyncMs - sysctlMs - udpMs,
+    "setUp: discovery (ip read, nft -c probes, addon load side by side; podtap's timing)": t('discovery'),
+    'setUp: plan': t('plan'),
+    'setUp: apply (journal write, ip -batch and nft -f side by side)': t('apply'),
+    'setUp: TAP open': t('tapOpen'),
+    'setUp: DHCP ready (packet sockets, servers)': t('dhcpReady'),
+    'setUp: hand-off': t('handoff'),
+    'setUp: the rest (preflight, lock, journal)': t('total') - inPhases,
+    'after setUp until the ready line (journal phase, ready file)': sReady - sStart - t('total'),
     'ready write → benchmark reads it': readyEpoch - (T0 + sReady),
+    // Details, not parts of the sum:
+    '· of which fsync (journal and ready file writes)': fsyncMs,
+    '· nft -c probes: last one ends after the namespace read ends by': read && probesEnd !== undefined ? Math.max(0, probesEnd - (read.exit ?? read.s)) : NaN,
   };
   const timeline: TracedRun['timeline'] = [];
   timeline.push({ t: launch, what: 'node process starts' });
   timeline.push({ t: at(trace.hookAt), what: 'preload hook runs (Node bootstrapped)' });
   const loads = ev.filter((e) => e.k === 'load');
-  const firstSrc = loads.find((e) => e.url?.includes('/src/'));
+  const firstSrc = loads.find((e) => /\/(src|dist)\//.test(e.url ?? ''));
   if (firstSrc) timeline.push({ t: at(firstSrc.s), what: `first module load: ${shortUrl(firstSrc.url!)}` });
   if (setupStart) timeline.push({ t: at(sStart), what: 'setUp starts (preflight)' });
   for (const e of ev) {
-    if (e.s < sStart || e.s > sReady) continue;
-    if (e.k === 'spawn') timeline.push({ t: at(e.s), what: `spawn ${shortCmd(e.cmd ?? '')}`, ms: (e.exit ?? e.s) - e.s });
+    if (e.s > sReady) continue;
+    if (e.k === 'spawn') timeline.push({ t: at(e.s), what: `spawn ${shortCmd(e.cmd ?? '')}`, ms: dur(e) });
+    else if (e.s < sStart) continue;
     else if (e.k === 'fsync') timeline.push({ t: at(e.s), what: 'fsync', ms: (e.e ?? e.s) - e.s });
-    else if (e.k === 'sysctl') timeline.push({ t: at(e.s), what: `sysctl ${e.path!.replace('/proc/sys/', '')}`, ms: (e.e ?? e.s) - e.s });
     else if (e.k === 'load') timeline.push({ t: at(e.s), what: `load ${shortUrl(e.url!)}` });
-    else if (e.k === 'udp-socket') timeline.push({ t: at(e.s), what: 'UDP socket created' });
-    else if (e.k === 'udp-listening') timeline.push({ t: at(e.s), what: 'UDP socket listening' });
   }
   if (ready) timeline.push({ t: at(ready.s), what: 'ready line written' });
   timeline.push({ t: execToReady, what: 'ready line read by the benchmark' });
+  timeline.sort((a, b) => a.t - b.t);
   return { execToReady, phases, children, timeline, loadedModules: loads.map((e) => shortUrl(e.url!)), timings };
 }
 
@@ -301,7 +309,9 @@ export async function benchProfile(o: ProfileOptions): Promise<Section> {
 
   o.log('profile: start-up ladder');
   const lad = await ladder(o.ladderRounds, bundle, tempDir(o.cleanup, 'podtap-bench-cc-'));
-  const entry = podtapHead().find((a) => /\/(src|dist)\/main\.(ts|js)$/.test(a))?.slice(ROOT.length + 1) ?? launcherEntry().entry;
+  // The bundle has no imports of its own: the module costs are those of the
+  // source graph that goes into it.
+  const entry = 'src/main.ts';
   const imports = await importCosts(o.importRuns, entry, o.log);
 
   const [pod] = await makePods(1, o.cleanup, 1);
@@ -358,7 +368,7 @@ export async function benchProfile(o: ProfileOptions): Promise<Section> {
   const md: string[] = [];
   md.push(`### Where exec → ready goes (traced \`podtap up\`, median of ${traced.length}; exec → ready ${fmtSummary(execToReady, 'ms')} with the trace hook loaded)`, '');
   md.push('| Phase | median ms (min–max) | share |', '|---|---|---|');
-  for (const p of phaseMed) md.push(`| ${p.n} | ${fmtSummary(p.s)} | ${fmt((p.s.median / execToReady.median) * 100, 2)}% |`);
+  for (const p of phaseMed) md.push(`| ${p.n} | ${fmtSummary(p.s)} | ${p.n.startsWith('·') ? '' : `${fmt((p.s.median / execToReady.median) * 100, 2)}%`} |`);
   md.push('', `Child processes in set-up (median ms, spawn → exit): ${childMed.map((c) => `\`${c.cmd.slice(0, 60)}\` ${fmt(c.s.median)}`).join('; ')}.`, '');
   if (medianRun) {
     md.push(`Timeline of the median traced run (ms since the benchmark's spawn; podtap's own timings: ${Object.entries(medianRun.timings).map(([k, v]) => `${k} ${v}`).join(', ')}):`, '', '```');
@@ -386,7 +396,7 @@ export async function benchProfile(o: ProfileOptions): Promise<Section> {
   const totalStatic = imports.filter((m) => !m.dynamic).reduce((a, m) => a + m.ms.median, 0);
   md.push(`### Module import cost of ${entry}'s graph (own cost, dependencies imported first; median of ${o.importRuns} fresh processes with the compile cache on; TypeScript loader already initialised)`, '', '| Module | ms | loaded by `up`? |', '|---|---|---|');
   for (const m of sorted.slice(0, 20)) {
-    const used = /^(src|dist)\//.test(m.name) ? (loadedByUp.has(m.name) ? (m.dynamic ? 'yes (dynamic)' : 'yes') : 'no') : 'yes';
+    const used = !/^(src|dist)\//.test(m.name) ? 'yes' : loadedByUp.has('dist/podtap.mjs') ? 'bundled into dist/podtap.mjs' : loadedByUp.has(m.name) ? (m.dynamic ? 'yes (dynamic)' : 'yes') : 'no';
     md.push(`| ${m.name} | ${fmtSummary(m.ms)} | ${used} |`);
   }
   md.push(`| (${imports.length} modules; sum of medians) | ${fmt(imports.reduce((a, m) => a + m.ms.median, 0))} | |`, '');
@@ -396,11 +406,12 @@ export async function benchProfile(o: ProfileOptions): Promise<Section> {
 
   const rows: Row[] = [
     { metric: 'profile: module loading + main() until setUp (traced)', podtap: fmtSummary(phaseMed.find((p) => p.n.startsWith('module loading'))?.s, 'ms'), target: 'info' },
-    { metric: 'profile: child processes in set-up (traced)', podtap: `${childNames.length} × ${fmtSummary(phaseMed.find((p) => p.n.startsWith('child'))?.s, 'ms')} total`, target: 'info' },
+    { metric: 'profile: child processes up to ready (traced)', podtap: `${childNames.length}: ${childMed.map((c) => `${c.cmd.split(' ').slice(0, 2).join(' ')} ${fmt(c.s.median)}`).join(', ')} ms`, target: 'info' },
+    { metric: 'profile: nft -c probes beyond the namespace read (traced; upper bound of their cost on the critical path)', podtap: fmtSummary(phaseMed.find((p) => p.n.startsWith('· nft -c probes'))?.s, 'ms'), target: 'info' },
     ...w.slice(1).map((v) => ({ metric: `what-if: ${v.label}`, podtap: fmtSummary(v.s, 'ms'), baseline: 'as is', baselineValue: fmtSummary(w[0]!.s, 'ms'), ratio: `${fmt(v.s.median / w[0]!.s.median)}×`, target: 'info' })),
   ];
   const notes = [
-    'Traced runs preload bench/trace-hook.mjs via NODE_OPTIONS=--import (plain JS, so it does not start the TypeScript loader early); it wraps child_process.spawn, fs.fsyncSync / writeFileSync(/proc/sys) / readFileSync(/proc/self/status) and dgram, and uses module.registerHooks to see module loads. The hook adds a little time of its own.',
+    'Traced runs preload bench/trace-hook.mjs via NODE_OPTIONS=--import (plain JS, so it does not start the TypeScript loader early); it wraps child_process.spawn, fs.fsyncSync and readFileSync(/proc/self/status) (setUp\'s start), and uses module.registerHooks to see module loads. The hook adds a little time of its own. The setUp phases are podtap\'s own timings from its ready line; the lines starting with · are details inside them, not parts of the sum.',
     `Static module graph: ${totalStatic.toFixed(0)} ms summed own import cost (packages: ${imports.filter((m) => !/^(src|dist)\//.test(m.name)).map((m) => `${m.name} ${fmt(m.ms.median)} ms`).join(', ')}).`,
     bundle ? `The bundle is built by rolldown from src/main.ts into ${relative(ROOT, bundle)} (removed afterwards) it is a what-if, not podtap's shipped form; it runs with NODE_COMPILE_CACHE set, since its own code is compiled before the enableCompileCache() inside it runs.` : 'rolldown is not installed: no bundled what-if.',
   ];

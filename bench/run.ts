@@ -11,8 +11,10 @@
 // dist / src run `node <entry>` directly. Each section notes which entry the
 // podtap processes it measured really ran.
 //
-// --datapath: the set-up section starts podtap with `--datapath VALUE` (for a
-// podtap that has the option). The datapath section always measures every
+// --datapath: the set-up section measures only that data path (default:
+// every path podtap has, its default one started without --datapath, the
+// others with it, each against a floor replaying its plan). The datapath
+// section always measures every
 // data path podtap has, next to macvtap and passt; --dp-trials / --dp-seconds
 // override its trial count and window, --dp-queues gives podtap's TAP and the
 // macvtap that many queues (one dpgen thread each; passt has one).
@@ -24,7 +26,7 @@
 import { performance } from 'node:perf_hooks';
 import { Cleanup, sweepOrphans } from '../test/helpers/netns.ts';
 import { benchChurn } from './churn.ts';
-import { benchDatapath, podtapHasDatapath } from './datapath.ts';
+import { benchDatapath, podtapDefaultDatapath } from './datapath.ts';
 import { benchDhcp } from './dhcp.ts';
 import { describeMachine, preflight } from './machine.ts';
 import { entriesSeen, launcherEntry, setEntryMode, type EntryMode } from './proc.ts';
@@ -69,7 +71,7 @@ function parseArgs(argv: string[]): Args {
     else if (arg.startsWith('--out')) a.out = value();
     else if (arg.startsWith('--datapath')) {
       const v = value();
-      if (!/^[a-z][a-z0-9-]*$/.test(v)) throw new Error(`--datapath wants a data path name such as bridge or redirect, not ${v}`);
+      if (v !== 'bridge' && v !== 'redirect') throw new Error(`--datapath wants bridge or redirect, not ${v}`);
       a.datapath = v;
     } else if (arg.startsWith('--dp-trials')) a.dpTrials = positive(value(), '--dp-trials');
     else if (arg.startsWith('--dp-queues')) a.dpQueues = positive(value(), '--dp-queues');
@@ -111,7 +113,9 @@ async function main(): Promise<number> {
   const le = launcherEntry();
   log(`podtap entry: ${args.entry === 'launcher' ? `init/podtap → ${le.entry} (${le.why})` : args.entry}`);
   const q = args.quick;
-  if (args.datapath !== undefined && args.only.includes('setup') && !(await podtapHasDatapath())) throw new Error(`--datapath ${args.datapath}: this podtap has no --datapath option yet (podtap --help)`);
+  const def = await podtapDefaultDatapath();
+  if (!def.stated) throw new Error('bench: `podtap --help` does not state the default data path (--datapath ... default: redirect|bridge)');
+  const setupPaths = args.datapath !== undefined ? [args.datapath] : [def.path, ...['redirect', 'bridge'].filter((p) => p !== def.path)];
   const dp = { trials: args.dpTrials ?? (q ? 2 : 7), seconds: args.dpSeconds ?? (q ? 0.4 : 1.5), warmSeconds: q ? 0.15 : 0.5, startWarmSeconds: q ? 0.4 : 1.5, ...(args.dpQueues !== undefined ? { queues: args.dpQueues } : {}) };
   const options = { quick: q, only: args.only, entry: args.entry, launcherEntryAtStart: `${le.entry} (${le.why})`, runs: args.runs ?? (q ? 5 : 25), cycles: args.cycles ?? (q ? 30 : 200), ...(args.datapath !== undefined ? { datapath: args.datapath } : {}), datapathSection: dp };
 
@@ -139,11 +143,11 @@ async function main(): Promise<number> {
         let s: Section;
         switch (name) {
           case 'setup':
-            s = await benchSetup({ iterations: options.runs, warmup: 1, cleanup: sc, log, ...(args.datapath !== undefined ? { datapath: args.datapath } : {}) });
+            s = await benchSetup({ iterations: options.runs, warmup: 1, cleanup: sc, log, datapaths: setupPaths, defaultPath: def.path });
             setupData = s.data as SetupData;
             break;
           case 'dhcp':
-            s = await benchDhcp({ cleanup: sc, log, probeSeconds: q ? 2 : 4, searches: q ? 1 : 3, delayRuns: q ? 2 : 5, delayRate: 100, delaySeconds: q ? 3 : 5 });
+            s = await benchDhcp({ cleanup: sc, log, probeSeconds: q ? 1 : 4, searches: q ? 1 : 3, delayRuns: q ? 2 : 5, delayRate: 100, delaySeconds: q ? 2 : 5, ...(q ? { tolerance: 1.25, settleMs: 300 } : {}) });
             break;
           case 'memory':
             s = await benchMemory({ cleanup: sc, log, pairs: q ? 2 : 5, settleMs: q ? 2000 : 5000 });

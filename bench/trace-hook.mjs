@@ -1,13 +1,12 @@
 // Preloaded into podtap for the profile only (NODE_OPTIONS=--import=...):
 // records, against the process's own clock, when each module is loaded,
-// each child process's spawn and exit, fsyncs, /proc/sys writes, the first
-// read of /proc/self/status (setUp's preflight: "setUp starts"), DHCP socket
-// creation and listening, the ready line's write, SIGTERM and exit. Written as JSON to
+// each child process's spawn and exit, fsyncs, the first read of
+// /proc/self/status (setUp's preflight: "setUp starts"), the ready line's
+// write, SIGTERM and exit. Written as JSON to
 // $PODTAP_BENCH_TRACE at exit. Plain JavaScript so that loading it does not
 // start Node's TypeScript loader early and skew what it measures.
 
 import cp from 'node:child_process';
-import dgram from 'node:dgram';
 import fs from 'node:fs';
 import module from 'node:module';
 import { performance } from 'node:perf_hooks';
@@ -49,14 +48,6 @@ if (out) {
     }
   };
   const origWrite = fs.writeFileSync;
-  fs.writeFileSync = function writeFileSync(path, data) {
-    const s = now();
-    try {
-      return origWrite.apply(this, arguments);
-    } finally {
-      if (typeof path === 'string' && path.startsWith('/proc/sys/')) events.push({ k: 'sysctl', path, s, e: now() });
-    }
-  };
   const origRead = fs.readFileSync;
   let sawStatus = false;
   fs.readFileSync = function readFileSync(path) {
@@ -65,13 +56,6 @@ if (out) {
       events.push({ k: 'setup-start', s: now() });
     }
     return origRead.apply(this, arguments);
-  };
-  const origCreate = dgram.createSocket;
-  dgram.createSocket = function createSocket() {
-    const sock = origCreate.apply(this, arguments);
-    events.push({ k: 'udp-socket', s: now() });
-    sock.once('listening', () => events.push({ k: 'udp-listening', s: now() }));
-    return sock;
   };
   module.syncBuiltinESMExports();
 

@@ -6,7 +6,7 @@ import { randomLaaMac } from './net/random.ts';
 import { lstatSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { applyPlan, undoSteps, type Fault } from './journal/apply.ts';
+import { applyPlan, kernel, undoSteps, type Effects, type Fault } from './journal/apply.ts';
 import { discover } from './pod/discover.ts';
 import { takeObservation } from './pod/prefetch.ts';
 import { PodtapError } from './errors.ts';
@@ -270,7 +270,7 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
     } catch (e) {
       log('error', 'setup failed, restoring the namespace', { error: (e as Error).message });
       native.closeAllQuietly(fds);
-      const report = await undoSteps(journal.state.steps, { log });
+      const report = await undoSteps(journal.state.steps, { log, effects: undoEffects });
       if (report.failures.length) {
         log('error', 'restore after the failed setup was incomplete; the journal is kept for `podtap down`', { failures: report.failures });
         throw e;
@@ -302,6 +302,44 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
   }
 }
 
+/**
+ * IPv6 addresses still running duplicate address detection, counted from
+ * /proc/self/net/if_inet6 (IFA_F_TENTATIVE in the flags column) rather than
+ * an `ip` process: teardown asks once at its end, just to report it, and a
+ * process cost it 10-20 ms there. Undefined when /proc cannot tell; a
+ * kernel without IPv6 has no such file, and no IPv6 address either.
+ */
+export function tentativeFromProc(text?: string): number | undefined {
+  if (text === undefined) {
+    try {
+      text = readFileSync('/proc/self/net/if_inet6', 'utf8');
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code === 'ENOENT' ? 0 : undefined;
+    }
+  }
+  let n = 0;
+  for (const line of text.split('\n')) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 6 || !/^[0-9a-f]{32}$/.test(f[0]!)) continue;
+    if ((parseInt(f[4]!, 16) & 0x40) !== 0) n++;
+  }
+  return n;
+}
+
+/** The kernel's effects, with duplicate address detection watched through /proc (`ip` where /proc cannot tell). */
+const undoEffects: Effects = {
+  ...kernel,
+  async settle(timeoutMs = 5000) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const n = tentativeFromProc();
+      if (n === undefined) return kernel.settle(Math.max(0, deadline - Date.now()));
+      if (n === 0 || Date.now() >= deadline) return n;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  },
+};
+
 /** Restores the namespace from the journal; keeps the journal if anything could not be restored. */
 export async function tearDown(journal: Journal, log: Logger, fault?: Fault): Promise<{ tentative: number }> {
   if (journal.state.phase !== 'teardown') {
@@ -312,7 +350,7 @@ export async function tearDown(journal: Journal, log: Logger, fault?: Fault): Pr
       log('warn', `could not record the teardown in ${journal.path}: ${(e as Error).message}`);
     }
   }
-  const report = await undoSteps(journal.state.steps, { log }, fault);
+  const report = await undoSteps(journal.state.steps, { log, effects: undoEffects }, fault);
   if (report.failures.length)
     throw new PodtapError('teardown', `restoring the namespace was incomplete:\n  ${report.failures.join('\n  ')}`, `the journal ${journal.path} is kept: fix the cause and run \`podtap down\` again`);
   try {

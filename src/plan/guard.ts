@@ -69,6 +69,19 @@ export interface NftTable {
 /** Broadcast and multicast frames per second the guest may send (ARP, ND, DHCP need a handful). */
 export const FLOOD_LIMIT = { rate: 2000, burst: 1000 };
 
+// Raw link-layer matches for the rules every frame meets. They load the same
+// bytes as `ether type` and `meta pkttype { broadcast, multicast }`, and the
+// kernel reads a VLAN-tagged frame's ethertype as 0x8100 either way (it puts
+// the tag it took off back for link-layer loads), but they cost a frame less:
+// no `meta iiftype` check (a TAP, veth or macvlan is always Ethernet) and no
+// set lookup: on the redirect path, about 7 % more frames per CPU-second
+// than `ether type vmap` and the pkttype set (bench/datapath.ts).
+/** The destination's group bit: set in broadcast and multicast frames, exactly those the kernel gives pkttype broadcast or multicast. */
+export const GROUP_BIT = '@ll,7,1 1';
+/** The ethertype (after any VLAN tag the kernel took off: 0x8100 then). */
+export const ETHERTYPE = '@ll,96,16';
+const ETHERTYPES = { ip: '0x0800', arp: '0x0806', ip6: '0x86dd' } as const;
+
 function set(items: string[]): string {
   return items.length === 1 ? items[0]! : `{ ${items.join(', ')} }`;
 }
@@ -79,8 +92,8 @@ function hex128(addr: string): string {
 }
 
 /**
- * A direction's rules: `head` for every frame, then per ethertype, which a
- * verdict map dispatches to (anything else is dropped). Every rule drops;
+ * A direction's rules: `head` for every frame, then per ethertype, which the
+ * head chain dispatches to (anything else is dropped). Every rule drops;
  * what is left goes on (the bridge forwards it, the redirect chain moves
  * it). A frame meets only its own protocol's rules: an IPv4 frame from the
  * guest passes about five, which matters at millions of frames a second.
@@ -98,7 +111,7 @@ export interface Rules {
 export function fromVmRules(g: NicGuard): Rules {
   const head: string[] = [];
   if (g.antispoof) head.push(`ether saddr != ${g.vmMac} counter drop comment "spoofed-mac"`);
-  head.push(`meta pkttype { broadcast, multicast } limit rate over ${FLOOD_LIMIT.rate}/second burst ${FLOOD_LIMIT.burst} packets counter drop comment "flood"`);
+  head.push(`${GROUP_BIT} limit rate over ${FLOOD_LIMIT.rate}/second burst ${FLOOD_LIMIT.burst} packets counter drop comment "flood"`);
   const v4 = g.ipv4;
   const ip = [
     // The guest's DHCP requests are for podtap, whose packet socket
@@ -170,13 +183,15 @@ export function fromPodRules(): Rules {
  * One direction's chains: `name` dispatches by ethertype to `name_ip`,
  * `name_arp` and `name_ip6` and drops every other ethertype (VLAN tags
  * included). `last` ends each protocol chain: the redirect path's `fwd`.
+ * One compare per protocol, IPv4 first: cheaper than a verdict map's lookup
+ * for three entries.
  */
 function direction(name: string, head: string | undefined, rules: Rules, last: string[]): string[] {
   const protos = ['ip', 'arp', 'ip6'] as const;
   return [
     chain(name, head, [
       ...rules.head,
-      `ether type vmap { ${protos.map((p) => `${p} : goto ${name}_${p}`).join(', ')} }`,
+      ...protos.map((p) => `${ETHERTYPE} ${ETHERTYPES[p]} goto ${name}_${p}`),
       `counter drop comment "not-ip"`,
     ]),
     ...protos.map((p) => chain(`${name}_${p}`, undefined, [...rules[p], ...last])),
@@ -188,29 +203,21 @@ const q = (name: string) => JSON.stringify(name);
 function bridgeTable(t: NftTable): string {
   const vmap = t.nics.flatMap((g) => [`${q(g.tap)} : jump vm${g.nic}`, `${q(g.podIf)} : jump pod${g.nic}`]).join(', ');
   const chains = t.nics.flatMap((g) => [...direction(`vm${g.nic}`, undefined, fromVmRules(g), []), ...direction(`pod${g.nic}`, undefined, fromPodRules(), [])]);
-  // The bridge has no address and nothing to say: whatever its own stack
-  // would send stays inside.
-  // The one exception: podtap's forwarded connections to the guest.
+  // The bridge has no address and nothing to say or hear: whatever its own
+  // stack would send stays inside, and broadcast and multicast (and frames
+  // for its own MAC) it would pass up to the pod's stack, where a service
+  // bound to 0.0.0.0 would answer the guest or the node, go nowhere. The one
+  // exception: podtap's forwarded connections to the guest.
   const ports = t.nics.flatMap((g) => [g.podIf, g.tap]).map(q);
-  const out = t.nics.flatMap((g) => {
-    const f = g.forward;
-    if (!f) return [];
-    return [
-      ...(f.tcp.length ? [`oifname ${q(g.tap)} ip saddr ${f.address} tcp dport ${set(f.tcp.map(String))} accept`] : []),
-      ...(f.udp.length ? [`oifname ${q(g.tap)} ip saddr ${f.address} udp dport ${set(f.udp.map(String))} accept`] : []),
-    ];
-  });
-  // Nor does it hear anything: the bridge would pass broadcast and multicast
-  // (and frames for its own MAC) up to the pod's stack, where a service
-  // bound to 0.0.0.0 would answer the guest or the node.
-  const up = t.nics.flatMap((g) => {
-    const f = g.forward;
-    if (!f) return [];
-    return [
-      ...(f.tcp.length ? [`iifname ${q(g.tap)} ip daddr ${f.address} tcp sport ${set(f.tcp.map(String))} accept`] : []),
-      ...(f.udp.length ? [`iifname ${q(g.tap)} ip daddr ${f.address} udp sport ${set(f.udp.map(String))} accept`] : []),
-    ];
-  });
+  const forwarded = (way: 'out' | 'in') =>
+    t.nics.flatMap((g) => {
+      const f = g.forward;
+      if (!f) return [];
+      const [dev, addr, port] = way === 'out' ? ['oifname', 'saddr', 'dport'] : ['iifname', 'daddr', 'sport'];
+      return (['tcp', 'udp'] as const).flatMap((p) => (f[p].length ? [`${dev} ${q(g.tap)} ip ${addr} ${f.address} ${p} ${port} ${set(f[p].map(String))} accept`] : []));
+    });
+  const out = forwarded('out');
+  const up = forwarded('in');
   return [
     chain('prerouting', 'type filter hook prerouting priority dstnat; policy accept;', [`iifname vmap { ${vmap} }`]),
     ...chains,

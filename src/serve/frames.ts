@@ -465,16 +465,21 @@ export function udp4Frame(s: Udp4FrameSpec): Buffer {
   out.set(mustIpv4(s.src), ip + 12);
   out.set(mustIpv4(s.dst), ip + 16);
   out.writeUInt16BE(internetChecksum(out, ip, ip + IPV4_MIN_HEADER), ip + 10);
-  const u = ip + IPV4_MIN_HEADER;
+  const length = UDP_HEADER + s.payload.length;
+  udpDatagram(out, ip + IPV4_MIN_HEADER, s, pseudo4(out, ip + 12, ip + 16, length, IPPROTO_UDP));
+  return out;
+}
+
+/** The UDP header and payload at `u`, checksummed over `pseudo` (the IP pseudo-header's sum). */
+function udpDatagram(out: Buffer, u: number, s: { srcPort: number; dstPort: number; payload: Uint8Array }, pseudo: number): void {
   const length = UDP_HEADER + s.payload.length;
   out.writeUInt16BE(s.srcPort, u);
   out.writeUInt16BE(s.dstPort, u + 2);
   out.writeUInt16BE(length, u + 4);
   out.set(s.payload, u + UDP_HEADER);
   // RFC 768: a computed zero goes on the wire as all ones; zero means "none".
-  const sum = internetChecksum(out, u, u + length, pseudo4(out, ip + 12, ip + 16, length, IPPROTO_UDP));
+  const sum = internetChecksum(out, u, u + length, pseudo);
   out.writeUInt16BE(sum === 0 ? 0xffff : sum, u + 6);
-  return out;
 }
 
 function ipv6Header(out: Buffer, src: string, dst: string, payloadLength: number, next: number, hopLimit: number): void {
@@ -502,13 +507,7 @@ export function udp6Frame(s: Udp6FrameSpec): Buffer {
   const out = Buffer.alloc(ETH_HEADER + IPV6_HEADER + length);
   ethernet(out, s.dstMac, s.srcMac, ETHERTYPE_IPV6);
   ipv6Header(out, s.src, s.dst, length, IPPROTO_UDP, hopLimit);
-  const u = ETH_HEADER + IPV6_HEADER;
-  out.writeUInt16BE(s.srcPort, u);
-  out.writeUInt16BE(s.dstPort, u + 2);
-  out.writeUInt16BE(length, u + 4);
-  out.set(s.payload, u + UDP_HEADER);
-  const sum = internetChecksum(out, u, u + length, pseudo6(out, ETH_HEADER + 8, ETH_HEADER + 24, length, IPPROTO_UDP));
-  out.writeUInt16BE(sum === 0 ? 0xffff : sum, u + 6);
+  udpDatagram(out, ETH_HEADER + IPV6_HEADER, s, pseudo6(out, ETH_HEADER + 8, ETH_HEADER + 24, length, IPPROTO_UDP));
   return out;
 }
 

@@ -40,8 +40,11 @@ async function check(script: string): Promise<string | undefined> {
 }
 
 export async function probeNft(): Promise<DatapathSupport> {
-  // Two processes on the usual path: the bridge family, and netdev with
-  // egress hooks; only a kernel without egress hooks costs a third.
+  // One process on the usual path: both families in one check (each `nft -c`
+  // also waits for an RCU grace period in the kernel's abort, so a second
+  // process costs CPU and a wait). Only when that fails is each family
+  // checked on its own, to say which is missing.
+  if ((await check(probeTable('bridge') + probeTable('netdev', true))) === undefined) return { redirect: true, egress: true };
   const [bridge, full] = await Promise.all([check(probeTable('bridge')), check(probeTable('netdev', true))]);
   if (bridge)
     throw new PodtapError('environment', `nftables cannot load podtap's guard (bridge family): ${bridge.split('\n')[0]}`, 'use a kernel with nf_tables and its bridge family (nft_meta_bridge), and nftables 0.9.3 or newer');

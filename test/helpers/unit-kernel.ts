@@ -286,6 +286,7 @@ export class ModelKernel {
         if (h.gateway) this.checkGateway(r.family, h.gateway, h.dev, !!h.flags?.includes('onlink'));
       }
     } else {
+      if (!r.dev) throw new KernelError('Error: Device for nexthop is not up.');
       this.link(r.dev);
       if (r.gateway) this.checkGateway(r.family, r.gateway, r.dev, r.flags.includes('onlink'));
     }
