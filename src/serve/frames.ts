@@ -406,7 +406,8 @@ export function parseFrame(frame: Buffer): ParsedFrame {
 
 // ---- building --------------------------------------------------------------
 
-export interface Udp4FrameSpec {
+/** A UDP datagram in an Ethernet frame; addresses in their family's text form. */
+interface UdpFrameSpec {
   srcMac: string;
   dstMac: string;
   src: string;
@@ -414,17 +415,13 @@ export interface Udp4FrameSpec {
   srcPort: number;
   dstPort: number;
   payload: Uint8Array;
+}
+
+export interface Udp4FrameSpec extends UdpFrameSpec {
   ttl?: number; // 64
 }
 
-export interface Udp6FrameSpec {
-  srcMac: string;
-  dstMac: string;
-  src: string;
-  dst: string;
-  srcPort: number;
-  dstPort: number;
-  payload: Uint8Array;
+export interface Udp6FrameSpec extends UdpFrameSpec {
   hopLimit?: number; // 64
 }
 
@@ -471,7 +468,7 @@ export function udp4Frame(s: Udp4FrameSpec): Buffer {
 }
 
 /** The UDP header and payload at `u`, checksummed over `pseudo` (the IP pseudo-header's sum). */
-function udpDatagram(out: Buffer, u: number, s: { srcPort: number; dstPort: number; payload: Uint8Array }, pseudo: number): void {
+function udpDatagram(out: Buffer, u: number, s: UdpFrameSpec, pseudo: number): void {
   const length = UDP_HEADER + s.payload.length;
   out.writeUInt16BE(s.srcPort, u);
   out.writeUInt16BE(s.dstPort, u + 2);

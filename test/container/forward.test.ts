@@ -21,15 +21,12 @@
 // The manifest's VMM container is left out (the VMM is on the machine), and
 // the podtap container gets the variables and the port; the rest is as shipped.
 
-import { mkdtemp } from 'node:fs/promises';
-import { dirname } from 'node:path';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createNodeEngine, podmanUnavailable, type NodeEngine } from '../helpers/engine.ts';
-import { Cleanup, HELPER_MARK, run } from '../helpers/netns.ts';
+import { describe, expect, it } from 'vitest';
+import { podmanUnavailable, type NodeEngine } from '../helpers/engine.ts';
+import { HELPER_MARK, run } from '../helpers/netns.ts';
 import type { ReadyLine } from '../helpers/podtap.ts';
-import { buildPodtapImage, ensureBaseImage, type BuiltImage } from './images.ts';
 import { startHostGuest } from './host-vmm.ts';
-import { containerOf, envOf, forEngine, jsonLog, logsOf, play, readManifest, setEnv, untilReady, type PodManifest } from './kube.ts';
+import { containerOf, envOf, forEngine, hostPathOf, jsonLog, kubeSuite, logsOf, play, setEnv, untilReady } from './kube.ts';
 import { execa } from 'execa';
 
 const why = podmanUnavailable();
@@ -75,26 +72,16 @@ async function inNode(engine: NodeEngine, host: string, port: number, text: stri
 }
 
 describe.skipIf(why !== undefined)(why ? `--forward-port and hostPort in podman (skipped: ${why})` : '--forward-port and hostPort in podman', () => {
-  const cleanup = new Cleanup();
-  afterEach(() => cleanup.cleanupAll());
-  let agent: BuiltImage;
-  let manifest: PodManifest;
-
-  beforeAll(async () => {
-    await ensureBaseImage();
-    agent = await buildPodtapImage('agent');
-    manifest = await readManifest('pod-sidecar.yaml');
-  }, 1_800_000);
+  const suite = kubeSuite('pod-sidecar.yaml', ['agent']);
+  const { cleanup, images } = suite;
 
   it.each(['redirect', 'bridge'] as const)('%s data path: 127.0.0.1:PORT in the pod reaches the guest\'s TCP and UDP servers, and the node\'s address on the hostPort reaches its TCP server', async (datapath) => {
-    const engine = await createNodeEngine(cleanup);
-    const dir = await mkdtemp('/tmp/podtap-kube-');
-    cleanup.path(dir);
+    const { engine, dir } = await suite.node();
 
-    const m = forEngine(manifest, engine);
+    const m = forEngine(suite.manifest, engine);
     m.spec.containers = m.spec.containers.filter((c) => c.name === 'podtap');
     const podtap = containerOf(m, 'podtap');
-    podtap.image = agent.id;
+    podtap.image = images.agent.id;
     setEnv(podtap, 'PODTAP_FORWARD_PORTS', `${TCP}/tcp,${UDP}/udp`);
     setEnv(podtap, 'PODTAP_DATAPATH', datapath);
     podtap.ports = [{ containerPort: TCP, hostPort: HOST_PORT }];
@@ -106,9 +93,7 @@ describe.skipIf(why !== undefined)(why ? `--forward-port and hostPort in podman 
     const podtapLink = ready.linkLocal.split('/')[0]!;
 
     // The VMM, on the machine: the socket is in the pod's volume.
-    const socket = envOf(podtap, 'PODTAP_FD_SOCKET')!;
-    const volume = podtap.volumeMounts!.find((v) => v.mountPath === dirname(socket))!.name;
-    const g = await startHostGuest(`${await pod.volumePath(volume)}/${socket.slice(dirname(socket).length + 1)}`, dir, cleanup);
+    const g = await startHostGuest(await hostPathOf(pod, podtap, envOf(podtap, 'PODTAP_FD_SOCKET')!), dir, cleanup);
     expect(await g.dhcp()).toBe(`${pod.net.ip}/${pod.net.prefix}`);
     const servers = execa('ip', ['netns', 'exec', g.ns, process.execPath, '-e', SERVERS], { reject: false, stdin: 'ignore', env: { [HELPER_MARK]: '1' } });
     cleanup.pid(servers.pid!);

@@ -15,9 +15,9 @@
 // Its pid and the guest namespace are registered with the test's Cleanup.
 
 import { execa, type ResultPromise } from 'execa';
-import { chmod, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createNetns, nsExec, processStartTime, setNetnsEtcFile, type Cleanup, type RunOptions, type RunResult } from '../helpers/netns.ts';
+import { udhcpcOnce, writeUdhcpcScript } from '../helpers/guest-ns.ts';
 import { PODTAP } from '../helpers/podtap.ts';
 import { TAP_GUEST, buildTools } from '../tools/build.ts';
 
@@ -32,32 +32,12 @@ export interface HostGuest {
   dhcp(): Promise<string>;
 }
 
-// udhcpc leaves configuring the link to its script: the address, then the
-// classless routes in the order given (on-link ones first), or the routers.
-const UDHCPC_SCRIPT = `#!/bin/sh
-[ "$1" = bound ] || [ "$1" = renew ] || exit 0
-ip addr replace "$ip/$mask" dev "$interface"
-if [ -n "$staticroutes" ]; then
-  set -- $staticroutes
-  while [ $# -ge 2 ]; do
-    if [ "$2" = 0.0.0.0 ]; then ip route replace "$1" dev "$interface" scope link
-    else ip route replace "$1" via "$2" dev "$interface"; fi
-    shift 2
-  done
-else
-  for gw in $router; do ip route replace default via "$gw" dev "$interface"; done
-fi
-echo "bound $ip/$mask"
-`;
-
 /** Fetches the fds from `socket` (a path on the machine) and starts the guest namespace behind them. */
 export async function startHostGuest(socket: string, dir: string, cleanup: Cleanup): Promise<HostGuest> {
   await buildTools();
   const ns = await createNetns({ prefix: 'ptg-', cleanup });
   await setNetnsEtcFile(ns, 'resolv.conf', '');
-  const script = join(dir, `udhcpc-${ns}.sh`);
-  await writeFile(script, UDHCPC_SCRIPT);
-  await chmod(script, 0o755);
+  const script = await writeUdhcpcScript(join(dir, `udhcpc-${ns}.sh`));
   const proc = execa(PODTAP, ['exec', '--fd-socket', socket, '--', TAP_GUEST, '--netns', ns, '--nic', 'fds={fds},ifname=eth0,mac={mac},mtu={mtu}'], { reject: false, stdin: 'ignore' });
   const pid = proc.pid!;
   const start = processStartTime(pid);
@@ -90,7 +70,7 @@ export async function startHostGuest(socket: string, dir: string, cleanup: Clean
     stderr: () => err,
     run,
     async dhcp() {
-      const r = await run(['busybox', 'udhcpc', '-f', '-q', '-n', '-t', '5', '-T', '1', '-i', 'eth0', '-s', script, '-O', 'staticroutes'], { timeoutMs: 30_000 });
+      const r = await run(udhcpcOnce(script), { timeoutMs: 30_000 });
       const m = /^bound (\S+)$/m.exec(r.stdout);
       if (!m) throw new Error(`udhcpc in the guest got no lease:\n${r.stdout}\n${r.stderr}`);
       return m[1]!;

@@ -24,14 +24,12 @@
 // Also: the image's entrypoint passes podtap's commands and options through
 // and wraps anything else in `podtap run --`.
 
-import { mkdtemp } from 'node:fs/promises';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createNodeEngine, podmanUnavailable } from '../helpers/engine.ts';
 import { buildGuest, guestQemuArgs } from '../helpers/guest.ts';
-import { Cleanup, pidsIn, run } from '../helpers/netns.ts';
+import { pidsIn, run } from '../helpers/netns.ts';
 import type { ReadyLine } from '../helpers/podtap.ts';
 import { diffSnapshots, snapshot, type Snapshot } from '../helpers/snapshot.ts';
-import { buildPodtapImage, ensureBaseImage, type BuiltImage } from './images.ts';
 import {
   copyBootMedia,
   containerOf,
@@ -41,37 +39,29 @@ import {
   forEngine,
   guestSince,
   jsonLog,
+  killAndAdopt,
+  kubeSuite,
   leftIn,
   logsOf,
   mountOf,
   podmanGateway,
   play,
-  probe,
-  readManifest,
   stateOf,
   until,
   untilReady,
   volumeOf,
   withManifestNic,
-  type PodManifest,
 } from './kube.ts';
 
 const why = podmanUnavailable();
 if (why) console.warn(`test/container/kube-entrypoint.test.ts: skipped: ${why}`);
 
 describe.skipIf(why !== undefined)(why ? `init/pod-entrypoint.yaml in podman (skipped: ${why})` : 'init/pod-entrypoint.yaml in podman', () => {
-  const cleanup = new Cleanup();
-  afterEach(() => cleanup.cleanupAll());
-  let qemu: BuiltImage;
-  let manifest: PodManifest;
-
-  beforeAll(async () => {
-    await ensureBaseImage();
-    qemu = await buildPodtapImage('qemu');
-    manifest = await readManifest('pod-entrypoint.yaml');
-  }, 1_800_000);
+  const suite = kubeSuite('pod-entrypoint.yaml', ['qemu']);
+  const { cleanup, images } = suite;
 
   it('the manifest runs the qemu image the docs build, with NET_ADMIN, the tun device, its state on a volume and a readiness probe on the ready file there', async () => {
+    const manifest = suite.manifest;
     const vm = containerOf(manifest, 'vm');
     expect(vm.image).toBe('podtap-qemu:latest');
     expect(await documentedBuild(vm.image), 'the README builds the image the manifest names').toMatch(/--target qemu -t podtap-qemu:latest \./);
@@ -89,14 +79,12 @@ describe.skipIf(why !== undefined)(why ? `init/pod-entrypoint.yaml in podman (sk
 
   it('kube play: the TCG guest gets the pod\'s address by DHCP and pings the gateway, the readiness probe passes; after kill -9 the restarted container adopts the journal and boots the VM again; SIGTERM restores the namespace exactly (exit 0); kube down leaves nothing', async () => {
     const guest = await buildGuest();
-    const engine = await createNodeEngine(cleanup);
-    const dir = await mkdtemp('/tmp/podtap-kube-');
-    cleanup.path(dir);
+    const { engine, dir } = await suite.node();
     const gateway = await podmanGateway(engine);
 
-    const m = forEngine(manifest, engine);
+    const m = forEngine(suite.manifest, engine);
     const vm = containerOf(m, 'vm');
-    vm.image = qemu.id;
+    vm.image = images.qemu.id;
     // The disk volume as shipped (a claim), holding the test guest's kernel
     // and initramfs instead of disk.qcow2. The guest pings until the test is
     // done with it; it powers itself off after guestTimeout whatever happens.
@@ -108,7 +96,7 @@ describe.skipIf(why !== undefined)(why ? `init/pod-entrypoint.yaml in podman (sk
     // namespace goes. An idle container keeps it, so that the namespace can
     // be compared after podtap's exit; it is running (and so part of the
     // snapshot) from before podtap starts.
-    m.spec.containers.push({ name: 'hold', image: qemu.id, command: ['sleep', 'infinity'] });
+    m.spec.containers.push({ name: 'hold', image: images.qemu.id, command: ['sleep', 'infinity'] });
     let before: Snapshot | undefined;
     const pod = await play(engine, m, dir, {
       beforeStart: async (net) => {
@@ -147,19 +135,7 @@ describe.skipIf(why !== undefined)(why ? `init/pod-entrypoint.yaml in podman (sk
     expect(restarts).toBe(0);
     expect((await run('cat', [`/proc/${pid}/cmdline`])).stdout.split('\0')).toEqual(expect.arrayContaining(['/opt/podtap/init/../dist/podtap.mjs', 'run']));
     const killedAt = Date.now();
-    process.kill(pid, 'SIGKILL');
-    await until('the restarted container', 60_000, async () => {
-      const s = await stateOf(engine, c);
-      return s.restarts === 1 && s.status === 'running' && s.pid !== pid ? s : undefined;
-    }, 250);
-    // The ready file the killed podtap left on the volume passes the probe
-    // too, until the new podtap replaces it (podtap does not remove a stale
-    // one when it starts): wait for the new podtap's.
-    const again = await until('the new podtap\'s ready line', 60_000, async () => {
-      const p = await probe(engine, pod, 'vm');
-      const line = p.ready ? (JSON.parse(p.stdout) as ReadyLine) : undefined;
-      return line?.adopted ? line : undefined;
-    }, 250);
+    const again = await killAndAdopt(engine, pod, 'vm', pid);
     expect(again).toMatchObject({ event: 'ready', mac: pod.net.mac, ip: `${pod.net.ip}/${pod.net.prefix}`, adopted: true });
     const log = jsonLog((await logsOf(engine, c, killedAt)).stderr);
     expect(log.find((l) => l.msg === 'adopted the running setup'), JSON.stringify(log)).toBeDefined();
@@ -200,7 +176,7 @@ describe.skipIf(why !== undefined)(why ? `init/pod-entrypoint.yaml in podman (sk
   it('the image\'s entrypoint: podtap\'s commands and options pass through, anything else runs under `podtap run --`', async () => {
     const engine = await createNodeEngine(cleanup);
     const flags = ['--cap-add', 'NET_ADMIN', '--device', '/dev/net/tun', '--network', 'podman'];
-    const runImage = async (args: string[]) => engine.podman(['run', '--rm', '--name', engine.container(), ...flags, qemu.id, ...args], { reject: false });
+    const runImage = async (args: string[]) => engine.podman(['run', '--rm', '--name', engine.container(), ...flags, images.qemu.id, ...args], { reject: false });
 
     const version = await runImage(['--version']);
     expect(version.stdout).toMatch(/^podtap \d+\.\d+\.\d+$/);

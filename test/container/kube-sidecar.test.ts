@@ -22,14 +22,12 @@
 //   restores the namespace and exits 0, and nothing of podtap's is left in
 //   the pod's namespace or anything in the node's.
 
-import { mkdtemp } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createNodeEngine, podmanUnavailable } from '../helpers/engine.ts';
+import { describe, expect, it } from 'vitest';
+import { podmanUnavailable } from '../helpers/engine.ts';
 import { buildGuest, guestQemuArgs } from '../helpers/guest.ts';
-import { Cleanup, pidsIn, run } from '../helpers/netns.ts';
+import { pidsIn, run } from '../helpers/netns.ts';
 import type { ReadyLine } from '../helpers/podtap.ts';
-import { buildPodtapImage, ensureBaseImage, type BuiltImage } from './images.ts';
 import {
   copyBootMedia,
   containerOf,
@@ -41,20 +39,19 @@ import {
   guestSince,
   holdNetns,
   jsonLog,
+  killAndAdopt,
+  kubeSuite,
   leftIn,
   logsOf,
   mountOf,
   podmanGateway,
   play,
-  probe,
-  readManifest,
   setEnv,
   stateOf,
   until,
   untilReady,
   volumeOf,
   withManifestNic,
-  type PodManifest,
 } from './kube.ts';
 
 const why = podmanUnavailable();
@@ -68,20 +65,11 @@ function procStatus(pid: number): { uid: string; capEff: bigint } {
 }
 
 describe.skipIf(why !== undefined)(why ? `init/pod-sidecar.yaml in podman (skipped: ${why})` : 'init/pod-sidecar.yaml in podman', () => {
-  const cleanup = new Cleanup();
-  afterEach(() => cleanup.cleanupAll());
-  let agent: BuiltImage;
-  let qemu: BuiltImage;
-  let manifest: PodManifest;
-
-  beforeAll(async () => {
-    await ensureBaseImage();
-    agent = await buildPodtapImage('agent');
-    qemu = await buildPodtapImage('qemu');
-    manifest = await readManifest('pod-sidecar.yaml');
-  }, 1_800_000);
+  const suite = kubeSuite('pod-sidecar.yaml', ['agent', 'qemu']);
+  const { cleanup, images } = suite;
 
   it('the manifest: podtap (agent image) has NET_ADMIN and the tun device; the VMM (qemu image) runs as uid 107 with no capabilities and no tun device; both name the same sockets in the shared volume; the state is a subdirectory of its own volume', async () => {
+    const manifest = suite.manifest;
     const podtap = containerOf(manifest, 'podtap');
     const vmm = containerOf(manifest, 'vmm');
     expect(podtap.image).toBe('podtap:latest');
@@ -112,16 +100,14 @@ describe.skipIf(why !== undefined)(why ? `init/pod-sidecar.yaml in podman (skipp
 
   it('kube play: the unprivileged VMM gets the TAP over the socket and its guest the pod\'s address; podtap status answers in the VMM container; kill -9 of podtap: the restarted podtap adopts the running VM, whose pings go on and whose lease renews against it; pod stop restores the namespace', async () => {
     const guest = await buildGuest();
-    const engine = await createNodeEngine(cleanup);
-    const dir = await mkdtemp('/tmp/podtap-kube-');
-    cleanup.path(dir);
+    const { engine, dir } = await suite.node();
     const gateway = await podmanGateway(engine);
 
-    const m = forEngine(manifest, engine);
+    const m = forEngine(suite.manifest, engine);
     const podtap = containerOf(m, 'podtap');
     const vmm = containerOf(m, 'vmm');
-    podtap.image = agent.id;
-    vmm.image = qemu.id;
+    podtap.image = images.agent.id;
+    vmm.image = images.qemu.id;
     // udhcpc renews at half the lease (and not sooner than 15 s).
     setEnv(podtap, 'PODTAP_LEASE_TIME', '30');
     // The disk claim as shipped, holding the test guest's kernel and initramfs.
@@ -173,19 +159,9 @@ describe.skipIf(why !== undefined)(why ? `init/pod-sidecar.yaml in podman (skipp
     expect((await engine.podman(['exec', cp, 'stat', '-c', '%u %a %F', stateDir])).stdout).toBe('0 700 directory');
 
     // kill -9 of podtap (its container's process 1), from outside: podman
-    // restarts the container; `podman kill` would count as the user's stop.
+    // restarts the container and the new podtap adopts the running VM.
     const killedAt = Date.now();
-    process.kill(podtapPid, 'SIGKILL');
-    await until('the restarted podtap container', 60_000, async () => {
-      const s = await stateOf(engine, cp);
-      return s.restarts === 1 && s.status === 'running' && s.pid !== podtapPid ? s : undefined;
-    }, 250);
-    // The killed podtap's ready file passes the probe until the new one replaces it.
-    const adopted = await until('the new podtap\'s ready line', 60_000, async () => {
-      const p = await probe(engine, pod, 'podtap');
-      const line = p.ready ? (JSON.parse(p.stdout) as ReadyLine) : undefined;
-      return line?.adopted ? line : undefined;
-    }, 250);
+    const adopted = await killAndAdopt(engine, pod, 'podtap', podtapPid);
     expect(adopted).toMatchObject({ mac: pod.net.mac, ip: `${pod.net.ip}/${pod.net.prefix}`, adopted: true });
     expect(jsonLog((await logsOf(engine, cp, killedAt)).stderr).find((l) => l.msg === 'adopted the running setup')).toMatchObject({ tapsHeldByVmm: 1 });
     // The VMM did not notice: same process.

@@ -31,12 +31,15 @@
 // - container names are POD-CONTAINER.
 
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
-import { basename, join } from 'node:path';
-import { REPO_ROOT, type NodeEngine } from '../helpers/engine.ts';
-import { nsStateDir, processStartTime, run, STATE_DIR, uniqueName, type Cleanup } from '../helpers/netns.ts';
+import { copyFile, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { afterEach, beforeAll } from 'vitest';
+import { REPO_ROOT, createNodeEngine, type NodeEngine } from '../helpers/engine.ts';
+import { Cleanup, nsStateDir, processStartTime, run, STATE_DIR, uniqueName } from '../helpers/netns.ts';
 import { parseGuestOutput, type GuestReport } from '../helpers/guest.ts';
+import type { ReadyLine } from '../helpers/podtap.ts';
 import { waitSettled } from '../helpers/snapshot.ts';
+import { buildPodtapImage, ensureBaseImage, type BuiltImage, type Target } from './images.ts';
 import { parseYaml } from './yaml.ts';
 
 export interface EnvVar {
@@ -396,4 +399,79 @@ export async function podmanGateway(engine: NodeEngine): Promise<string> {
 /** The guest's console (QEMU's serial is the VMM container's stdout) since a moment, parsed. */
 export async function guestSince(engine: NodeEngine, container: string, sinceMs: number): Promise<GuestReport> {
   return parseGuestOutput((await logsOf(engine, container, sinceMs)).stdout);
+}
+
+/**
+ * Where a file that a container names in one of its volumes (a socket in
+ * the shared volume, say) is on the machine.
+ */
+export async function hostPathOf(pod: PlayedPod, c: KubeContainer, path: string): Promise<string> {
+  const mount = c.volumeMounts?.find((v) => v.mountPath === dirname(path));
+  if (!mount) throw new Error(`${c.name} has no volume mounted at ${dirname(path)}`);
+  return `${await pod.volumePath(mount.name)}/${path.slice(dirname(path).length + 1)}`;
+}
+
+/**
+ * kill -9 of podtap, the process `pid` (process 1 of `container`), from
+ * outside: podman restarts the container (`podman kill` would count as the
+ * user's stop, and is not restarted). Resolves with the new podtap's ready
+ * line once it has adopted what the killed one set up, from the journal in
+ * the state volume: the killed podtap's ready file passes the probe too
+ * until the new one replaces it (podtap does not remove a stale one when it
+ * starts).
+ */
+export async function killAndAdopt(engine: NodeEngine, pod: PlayedPod, container: string, pid: number): Promise<ReadyLine> {
+  const c = pod.container(container);
+  process.kill(pid, 'SIGKILL');
+  await until(`the restarted ${container} container`, 60_000, async () => {
+    const s = await stateOf(engine, c);
+    return s.restarts === 1 && s.status === 'running' && s.pid !== pid ? s : undefined;
+  }, 250);
+  return until('the new podtap\'s ready line', 60_000, async () => {
+    const p = await probe(engine, pod, container);
+    const line = p.ready ? (JSON.parse(p.stdout) as ReadyLine) : undefined;
+    return line?.adopted ? line : undefined;
+  }, 250);
+}
+
+export interface KubeSuite<T extends Target> {
+  /** Cleaned up after each test. */
+  readonly cleanup: Cleanup;
+  /** The podtap images, built before the first test. */
+  readonly images: Readonly<Record<T, BuiltImage>>;
+  /** The manifest as shipped, read before the first test. */
+  readonly manifest: PodManifest;
+  /** A node namespace and engine of the test's own, and a directory for the manifest it plays. */
+  node(): Promise<{ engine: NodeEngine; dir: string }>;
+}
+
+/**
+ * What every describe block of `kube play` tests starts with: a Cleanup
+ * run after each test and, once for all of them, the base image, the
+ * podtap images of `targets` (built in that order) and the manifest `file`.
+ */
+export function kubeSuite<T extends Target>(file: ManifestFile, targets: readonly T[]): KubeSuite<T> {
+  const cleanup = new Cleanup();
+  afterEach(() => cleanup.cleanupAll());
+  const images = {} as Record<T, BuiltImage>;
+  let manifest: PodManifest | undefined;
+  beforeAll(async () => {
+    await ensureBaseImage();
+    for (const t of targets) images[t] = await buildPodtapImage(t);
+    manifest = await readManifest(file);
+  }, 1_800_000);
+  return {
+    cleanup,
+    images,
+    get manifest(): PodManifest {
+      if (!manifest) throw new Error(`${file} is read before the first test`);
+      return manifest;
+    },
+    async node() {
+      const engine = await createNodeEngine(cleanup);
+      const dir = await mkdtemp('/tmp/podtap-kube-');
+      cleanup.path(dir);
+      return { engine, dir };
+    },
+  };
 }

@@ -14,17 +14,13 @@
 //   4. the guest sends forged frames (another source address, another source
 //      MAC): the guard's drops, counted by reason, with what each means.
 
-import { mkdtemp } from 'node:fs/promises';
-import { dirname } from 'node:path';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createNodeEngine, podmanUnavailable } from '../helpers/engine.ts';
+import { describe, expect, it } from 'vitest';
+import { podmanUnavailable } from '../helpers/engine.ts';
 import { pktSend } from '../helpers/guest-ns.ts';
-import { Cleanup } from '../helpers/netns.ts';
 import type { ReadyLine } from '../helpers/podtap.ts';
 import { udp4Frame } from '../../src/serve/frames.ts';
-import { buildPodtapImage, ensureBaseImage, type BuiltImage } from './images.ts';
 import { startHostGuest } from './host-vmm.ts';
-import { containerOf, envOf, forEngine, play, readManifest, untilReady, type PodManifest } from './kube.ts';
+import { containerOf, envOf, forEngine, hostPathOf, kubeSuite, play, untilReady } from './kube.ts';
 
 const why = podmanUnavailable();
 if (why) console.warn(`test/container/status.test.ts: skipped: ${why}`);
@@ -36,28 +32,16 @@ interface StatusDoc {
 }
 
 describe.skipIf(why !== undefined)(why ? `podtap status in podman (skipped: ${why})` : 'podtap status in podman', () => {
-  const cleanup = new Cleanup();
-  afterEach(() => cleanup.cleanupAll());
-  let agent: BuiltImage;
-  let qemu: BuiltImage;
-  let manifest: PodManifest;
-
-  beforeAll(async () => {
-    await ensureBaseImage();
-    agent = await buildPodtapImage('agent');
-    qemu = await buildPodtapImage('qemu');
-    manifest = await readManifest('pod-sidecar.yaml');
-  }, 1_800_000);
+  const suite = kubeSuite('pod-sidecar.yaml', ['agent', 'qemu']);
+  const { cleanup, images } = suite;
 
   it('from podtap\'s container and the VMM\'s: fds never fetched and DHCP never asked, then fetched, then bound, then the guard\'s drops by reason after forged frames', async () => {
-    const engine = await createNodeEngine(cleanup);
-    const dir = await mkdtemp('/tmp/podtap-kube-');
-    cleanup.path(dir);
-    const m = forEngine(manifest, engine);
+    const { engine, dir } = await suite.node();
+    const m = forEngine(suite.manifest, engine);
     const podtap = containerOf(m, 'podtap');
     const vmm = containerOf(m, 'vmm');
-    podtap.image = agent.id;
-    vmm.image = qemu.id;
+    podtap.image = images.agent.id;
+    vmm.image = images.qemu.id;
     // The VMM container as shipped (user, capabilities, volume, variables), idle.
     vmm.command = ['sh', '-c', 'trap "exit 0" TERM; while :; do sleep 1; done'];
     delete vmm.args;
@@ -100,8 +84,7 @@ describe.skipIf(why !== undefined)(why ? `podtap status in podman (skipped: ${wh
     expect(s.doc.nics).toEqual([expect.objectContaining({ interface: 'eth0', mac: pod.net.mac, ip: `${pod.net.ip}/${pod.net.prefix}`, dhcp4: expect.objectContaining({ state: 'free', binds: 0 }), guardDrops: {} })]);
 
     // 2. The VMM fetches them (on the machine, from the socket in the pod's volume).
-    const volume = podtap.volumeMounts!.find((v) => v.mountPath === dirname(socket))!.name;
-    const g = await startHostGuest(`${await pod.volumePath(volume)}/${socket.slice(dirname(socket).length + 1)}`, dir, cleanup);
+    const g = await startHostGuest(await hostPathOf(pod, podtap, socket), dir, cleanup);
     s = await ask();
     expectText(s.text, 'fetched 1 time', ['  DHCPv4: the guest never asked (is its DHCP client running on this NIC?)', '  guard dropped nothing']);
     expect(s.doc.handoff).toMatchObject({ fetches: 1 });

@@ -1,9 +1,8 @@
 // tcpdump inside a test namespace: started, confirmed listening, stopped by
 // pid. Lines are tcpdump's text (-e -nn: link-level header, no name lookups).
 
-import { execa } from 'execa';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { HELPER_MARK, killPid, processStartTime, type Cleanup } from './netns.ts';
+import { killPid, spawnInNs, type Cleanup } from './netns.ts';
 
 export interface Capture {
   /** Stops tcpdump (SIGINT, so it flushes) and returns its lines. */
@@ -11,25 +10,14 @@ export interface Capture {
 }
 
 export async function startCapture(ns: string, ifname: string, cleanup: Cleanup, filter: string[] = []): Promise<Capture> {
-  const proc = execa('ip', ['netns', 'exec', ns, 'tcpdump', '-i', ifname, '-e', '-nn', '-l', '-p', ...filter], {
-    reject: false,
-    stdin: 'ignore',
-    env: { [HELPER_MARK]: '1' },
-  });
-  const pid = proc.pid!;
-  const start = processStartTime(pid);
-  const unregister = cleanup.pid(pid);
-  let out = '';
-  let err = '';
-  proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-  proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  const { proc, pid, start, unregister, stdout, stderr } = spawnInNs(ns, ['tcpdump', '-i', ifname, '-e', '-nn', '-l', '-p', ...filter], cleanup);
   let ended = false;
   void proc.then(() => (ended = true));
   const end = Date.now() + 10_000;
-  while (!/listening on/.test(err)) {
+  while (!/listening on/.test(stderr())) {
     if (ended || Date.now() > end) {
       await killPid(pid, start);
-      throw new Error(`tcpdump on ${ns}/${ifname} did not start:\n${err}`);
+      throw new Error(`tcpdump on ${ns}/${ifname} did not start:\n${stderr()}`);
     }
     await sleep(20);
   }
@@ -45,7 +33,7 @@ export async function startCapture(ns: string, ifname: string, cleanup: Cleanup,
       const r = await Promise.race([proc, sleep(5000).then(() => undefined)]);
       if (!r) await killPid(pid, start);
       unregister();
-      return out.split('\n').filter(Boolean);
+      return stdout().split('\n').filter(Boolean);
     },
   };
 }

@@ -32,13 +32,18 @@
 //     /run hides the machine's (so no systemctl) and takes those files.
 //   - leases: dhclient gets -lf/-pf in the scratch directory; tmpfs over
 //     /var/lib/dhcp and /var/lib/dhcpcd takes anything else.
+//
+// startContained() runs any other client invocation the same way (the IPv6
+// clients in test/ns/ipv6-clients.test.ts), with reportingScript() around
+// its real script.
 
 import { execa } from 'execa';
 import { execFileSync } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { HELPER_MARK, killPid, processStartTime, type Cleanup } from './netns.ts';
-import type { GuestNs } from './guest-ns.ts';
+import { basename, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { HELPER_MARK, killPid, pidsIn, processStartTime, type Cleanup } from './netns.ts';
+import { UDHCPC_ROUTES, type GuestNs } from './guest-ns.ts';
 
 export type ClientName = 'udhcpc' | 'dhclient' | 'dhcpcd';
 export const CLIENTS: readonly ClientName[] = ['udhcpc', 'dhclient', 'dhcpcd'];
@@ -63,16 +68,7 @@ case "$ev" in
   bound|renew)
     ip addr replace "$ip/$mask" dev "$interface" \${broadcast:+broadcast $broadcast}
     [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
-    if [ -n "$staticroutes" ]; then
-      set -- $staticroutes
-      while [ $# -ge 2 ]; do
-        if [ "$2" = 0.0.0.0 ]; then ip route replace "$1" dev "$interface" scope link
-        else ip route replace "$1" via "$2" dev "$interface"; fi
-        shift 2
-      done
-    else
-      for gw in $router; do ip route replace default via "$gw" dev "$interface"; done
-    fi
+${UDHCPC_ROUTES.replace(/^/gm, '    ')}
     {
       [ -n "$search" ] && echo "search $search" || { [ -n "$domain" ] && echo "search $domain"; }
       for ns in $dns; do echo "nameserver $ns"; done
@@ -82,21 +78,19 @@ esac
 report "$ev"
 `;
 
-const DHCLIENT_WRAPPER = `#!/bin/sh
+/** A client script that runs the real one, `real`, then prints the report for the event ($reason). */
+export function reportingScript(real: string): string {
+  return `#!/bin/sh
 ${REPORT}
-/sbin/dhclient-script "$@"
+${real} "$@"
 rc=$?
 report "$reason"
 exit $rc
 `;
+}
 
-const DHCPCD_WRAPPER = `#!/bin/sh
-${REPORT}
-/usr/lib/dhcpcd/dhcpcd-run-hooks "$@"
-rc=$?
-report "$reason"
-exit $rc
-`;
+const DHCLIENT_WRAPPER = reportingScript('/sbin/dhclient-script');
+const DHCPCD_WRAPPER = reportingScript('/usr/lib/dhcpcd/dhcpcd-run-hooks');
 
 // dhclient hands option 121 to its script as decimal bytes only when the
 // option is declared.
@@ -137,9 +131,9 @@ export interface ClientOptions {
   leases?: string;
 }
 
-/** A client started in the guest; output is stdout and stderr together. */
-export interface ClientProc {
-  readonly name: ClientName;
+/** A process started contained in the guest (startContained); output is stdout and stderr together. */
+export interface ContainedProc<N extends string = string> {
+  readonly name: N;
   /** Where its contained files live; `${dir}/etc-upper` holds whatever it wrote to /etc. */
   readonly dir: string;
   out(): string;
@@ -151,32 +145,31 @@ export interface ClientProc {
   stop(): Promise<void>;
 }
 
+/** A DHCP client started in the guest. */
+export type ClientProc = ContainedProc<ClientName>;
+
 let serial = 0;
 
-/** Starts `name` on the guest's eth0; `scratch` is a directory of the test's own. */
-export async function startClient(g: GuestNs, name: ClientName, scratch: string, cleanup: Cleanup, opts: ClientOptions = {}): Promise<ClientProc> {
+/**
+ * Starts `argv(dir)` in the guest, contained (CONTAIN), with its own
+ * directory `dir` under `scratch` (a directory of the test's own) holding
+ * `files` (the one named "script" executable). `name` names the directory
+ * and the process in errors.
+ */
+export async function startContained<N extends string>(
+  g: GuestNs,
+  name: N,
+  scratch: string,
+  files: Record<string, string>,
+  argv: (dir: string) => string[],
+  cleanup: Cleanup,
+): Promise<ContainedProc<N>> {
   const dir = join(scratch, `${name}-${++serial}`);
   await mkdir(join(dir, 'etc-upper'), { recursive: true });
   await mkdir(join(dir, 'etc-work'), { recursive: true });
-  const file = async (base: string, text: string, mode = 0o644) => {
-    const p = join(dir, base);
-    await writeFile(p, text, { mode });
-    return p;
-  };
-  let argv: string[];
-  switch (name) {
-    case 'udhcpc':
-      argv = ['busybox', 'udhcpc', '-f', '-i', 'eth0', '-s', await file('script', UDHCPC_SCRIPT, 0o755), '-O', 'staticroutes', '-O', 'search', '-O', 'mtu', ...(opts.args ?? [])];
-      break;
-    case 'dhclient':
-      if (opts.leases !== undefined) await file('leases', opts.leases);
-      argv = ['dhclient', '-d', '-v', '-4', '-cf', await file('dhclient.conf', DHCLIENT_CONF), '-sf', await file('script', DHCLIENT_WRAPPER, 0o755), '-lf', join(dir, 'leases'), '-pf', join(dir, 'pid'), 'eth0'];
-      break;
-    case 'dhcpcd':
-      argv = ['dhcpcd', '-B', '-d', '-f', await file('dhcpcd.conf', DHCPCD_CONF), '-c', await file('script', DHCPCD_WRAPPER, 0o755), 'eth0'];
-      break;
-  }
-  const [file0, ...args] = g.argv(['sh', '-c', CONTAIN, 'contain', dir, ...argv]);
+  for (const [f, text] of Object.entries(files)) await writeFile(join(dir, f), text, { mode: f === 'script' ? 0o755 : 0o644 });
+  const command = argv(dir);
+  const [file0, ...args] = g.argv(['sh', '-c', CONTAIN, 'contain', dir, ...command]);
   const proc = execa(file0!, args, {
     reject: false,
     stdin: 'ignore',
@@ -200,6 +193,7 @@ export async function startClient(g: GuestNs, name: ClientName, scratch: string,
     for (const w of [...waiters]) w();
     return code;
   });
+  const gone = (ms: number): Promise<boolean> => Promise.race([exited.then(() => true), sleep(ms, false)]);
   return {
     name,
     dir,
@@ -209,7 +203,7 @@ export async function startClient(g: GuestNs, name: ClientName, scratch: string,
       return new Promise((resolve, reject) => {
         const check = () => {
           if (test(out)) finish();
-          else if (code !== undefined) finish(new Error(`${name} exited (${code}) before ${what}; output:\n${out.slice(-6000)}`));
+          else if (code !== undefined) finish(new Error(`${name} exited (${code}) before ${what}; output:\n${out.slice(-8000)}`));
         };
         const finish = (err?: Error) => {
           clearTimeout(timer);
@@ -217,20 +211,58 @@ export async function startClient(g: GuestNs, name: ClientName, scratch: string,
           if (err) reject(err);
           else resolve();
         };
-        const timer = setTimeout(() => finish(new Error(`no ${what} from ${name} within ${ms} ms; output:\n${out.slice(-6000)}`)), ms);
+        const timer = setTimeout(() => finish(new Error(`no ${what} from ${name} within ${ms} ms; output:\n${out.slice(-8000)}`)), ms);
         waiters.add(check);
         check();
       });
     },
     async stop() {
       await killPid(pid, start, 5000);
-      await exited;
+      // dhcpcd's privilege-separated helpers are its children: should one
+      // outlive the main process it keeps the output pipe open. They are
+      // this client's, in this guest, so end them by pid.
+      if (!(await gone(5000))) {
+        const left = await leftovers(g.ns, basename(command[0]!));
+        await Promise.all(left.map((p) => killPid(p, processStartTime(p))));
+        if (!(await gone(5000))) throw new Error(`${name} will not go (left: ${left.join(' ')})`);
+      }
     },
   };
 }
 
+/** Pids of the processes named `comm` in the guest's namespace. */
+async function leftovers(ns: string, comm: string): Promise<number[]> {
+  const out: number[] = [];
+  for (const p of await pidsIn(ns)) {
+    const c = await readFile(`/proc/${p}/comm`, 'utf8').catch(() => '');
+    if (c.trim() === comm) out.push(p);
+  }
+  return out;
+}
+
+/** Starts `name` on the guest's eth0; `scratch` is a directory of the test's own. */
+export async function startClient(g: GuestNs, name: ClientName, scratch: string, cleanup: Cleanup, opts: ClientOptions = {}): Promise<ClientProc> {
+  let files: Record<string, string>;
+  let argv: (dir: string) => string[];
+  switch (name) {
+    case 'udhcpc':
+      files = { script: UDHCPC_SCRIPT };
+      argv = (dir) => ['busybox', 'udhcpc', '-f', '-i', 'eth0', '-s', join(dir, 'script'), '-O', 'staticroutes', '-O', 'search', '-O', 'mtu', ...(opts.args ?? [])];
+      break;
+    case 'dhclient':
+      files = { 'dhclient.conf': DHCLIENT_CONF, script: DHCLIENT_WRAPPER, ...(opts.leases !== undefined ? { leases: opts.leases } : {}) };
+      argv = (dir) => ['dhclient', '-d', '-v', '-4', '-cf', join(dir, 'dhclient.conf'), '-sf', join(dir, 'script'), '-lf', join(dir, 'leases'), '-pf', join(dir, 'pid'), 'eth0'];
+      break;
+    case 'dhcpcd':
+      files = { 'dhcpcd.conf': DHCPCD_CONF, script: DHCPCD_WRAPPER };
+      argv = (dir) => ['dhcpcd', '-B', '-d', '-f', join(dir, 'dhcpcd.conf'), '-c', join(dir, 'script'), 'eth0'];
+      break;
+  }
+  return startContained(g, name, scratch, files, argv, cleanup);
+}
+
 /** What the client wrote to the guest's /etc/resolv.conf, if anything. */
-export async function writtenResolvConf(c: ClientProc): Promise<string | undefined> {
+export async function writtenResolvConf(c: { dir: string }): Promise<string | undefined> {
   try {
     return await readFile(join(c.dir, 'etc-upper', 'resolv.conf'), 'utf8');
   } catch (e) {

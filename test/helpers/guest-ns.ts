@@ -36,11 +36,11 @@
 // startRecv() runs `pkt recv` in any namespace (the node's, the pod's) and
 // hands back the frames it saw, as hex.
 
-import { execa, type ResultPromise } from 'execa';
+import type { ResultPromise } from 'execa';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  HELPER_MARK,
   NETNS_ETC_DIR,
   createNetns,
   deleteNetns,
@@ -48,6 +48,7 @@ import {
   nsExec,
   processStartTime,
   setNetnsEtcFile,
+  spawnInNs,
   type Cleanup,
   type RunOptions,
   type RunResult,
@@ -226,23 +227,16 @@ export async function startRecv(ns: string, cleanup: Cleanup, opts: RecvOptions)
   const args = ['recv', '--ifname', opts.ifname, '--timeout-ms', String(opts.timeoutMs ?? 30_000)];
   for (const m of opts.match ?? []) args.push('--match', m);
   if (opts.count !== undefined) args.push('--count', String(opts.count));
-  const proc = execa('ip', ['netns', 'exec', ns, PKT, ...args], { reject: false, stdin: 'ignore', env: { [HELPER_MARK]: '1' } });
-  const pid = proc.pid!;
-  const start = processStartTime(pid);
-  const unregister = cleanup.pid(pid);
-  let out = '';
-  let err = '';
-  proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-  proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-  const frames = (): string[] => out.split('\n').filter((l) => /^[0-9a-f]+$/.test(l));
+  const { proc, pid, start, unregister, stdout, stderr } = spawnInNs(ns, [PKT, ...args], cleanup);
+  const frames = (): string[] => stdout().split('\n').filter((l) => /^[0-9a-f]+$/.test(l));
   const done = proc.then((r) => {
     unregister();
-    if (r.exitCode !== 0 || !/^done \d+$/m.test(out)) throw new Error(`pkt recv on ${ns}/${opts.ifname} failed (${r.exitCode ?? r.signal}):\n${err}${out}`);
+    if (r.exitCode !== 0 || !/^done \d+$/m.test(stdout())) throw new Error(`pkt recv on ${ns}/${opts.ifname} failed (${r.exitCode ?? r.signal}):\n${stderr()}${stdout()}`);
     return frames();
   });
   done.catch(() => {});
   try {
-    await waitForStdout(proc, () => /^listening$/m.test(out), 10_000, 'listening', () => err);
+    await waitForStdout(proc, () => /^listening$/m.test(stdout()), 10_000, 'listening', stderr);
   } catch (e) {
     await killPid(pid, start);
     throw e;
@@ -273,4 +267,40 @@ export function pktSend(ifname: string, hex: string, opts: { count?: number; int
 /** Where the guest's /etc/resolv.conf lives on the machine. */
 export function guestResolvConf(ns: string): string {
   return join(NETNS_ETC_DIR, ns, 'resolv.conf');
+}
+
+/**
+ * What a udhcpc script does with a lease's routes (udhcpc leaves all
+ * configuring to its script): the classless routes in the order given
+ * (on-link ones come first), or, when the server sent no option 121, a
+ * default route via each router.
+ */
+export const UDHCPC_ROUTES = `if [ -n "$staticroutes" ]; then
+  set -- $staticroutes
+  while [ $# -ge 2 ]; do
+    if [ "$2" = 0.0.0.0 ]; then ip route replace "$1" dev "$interface" scope link
+    else ip route replace "$1" via "$2" dev "$interface"; fi
+    shift 2
+  done
+else
+  for gw in $router; do ip route replace default via "$gw" dev "$interface"; done
+fi`;
+
+/** A udhcpc script that configures the address, then the routes, and prints "bound ADDRESS/MASK". */
+const UDHCPC_SCRIPT = `#!/bin/sh
+[ "$1" = bound ] || [ "$1" = renew ] || exit 0
+ip addr replace "$ip/$mask" dev "$interface"
+${UDHCPC_ROUTES}
+echo "bound $ip/$mask"
+`;
+
+/** Writes the udhcpc script (executable) to `path`, for udhcpcOnce(). */
+export async function writeUdhcpcScript(path: string): Promise<string> {
+  await writeFile(path, UDHCPC_SCRIPT, { mode: 0o755 });
+  return path;
+}
+
+/** argv of one udhcpc run on the guest's eth0 with `script` (writeUdhcpcScript()): a lease, or failure after five tries a second apart. */
+export function udhcpcOnce(script: string): string[] {
+  return ['busybox', 'udhcpc', '-f', '-q', '-n', '-t', '5', '-T', '1', '-i', 'eth0', '-s', script, '-O', 'staticroutes'];
 }

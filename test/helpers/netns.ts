@@ -404,6 +404,35 @@ export function startInPod(
   return sub;
 }
 
+/** A helper process spawnInNs() started, with its output so far. */
+export interface NsProcess {
+  proc: PodProcess;
+  pid: number;
+  /** Its start time, for killPid(). */
+  start: string | undefined;
+  /** Takes its pid off the Cleanup it was registered with. */
+  unregister(): void;
+  stdout(): string;
+  stderr(): string;
+}
+
+/**
+ * Starts `argv` in namespace `ns` (`ip netns exec`) as one of the tests'
+ * helper processes (HELPER_MARK set, no stdin, no rejection on failure),
+ * collecting its output; its pid is registered with `cleanup`.
+ */
+export function spawnInNs(ns: string, argv: readonly string[], cleanup: Cleanup): NsProcess {
+  const proc = execa('ip', ['netns', 'exec', ns, ...argv], { reject: false, stdin: 'ignore', env: { [HELPER_MARK]: '1' } });
+  const pid = proc.pid!;
+  const start = processStartTime(pid);
+  const unregister = cleanup.pid(pid);
+  let out = '';
+  let err = '';
+  proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  return { proc, pid, start, unregister, stdout: () => out, stderr: () => err };
+}
+
 // ---------------------------------------------------------------------------
 // Reachability
 
@@ -466,6 +495,23 @@ export class Cleanup {
 
   path(p: string): () => void {
     return this.defer(`rm ${p}`, () => rm(p, { recursive: true, force: true }));
+  }
+
+  /**
+   * Runs `fn` with a Cleanup of its own (one test case's, in a file whose
+   * cases run concurrently), registered here while it runs so that it is
+   * cleaned up with this one should the case be abandoned; cleaned up as
+   * soon as `fn` has settled.
+   */
+  async scope<T>(label: string, fn: (c: Cleanup) => Promise<T>): Promise<T> {
+    const c = new Cleanup();
+    const unregister = this.defer(label, () => c.cleanupAll());
+    try {
+      return await fn(c);
+    } finally {
+      unregister();
+      await c.cleanupAll();
+    }
   }
 
   get pending(): number {

@@ -415,17 +415,23 @@ async function buildBridge(ctx: Ctx): Promise<Built> {
   };
 }
 
-async function buildCalico(ctx: Ctx): Promise<Built> {
-  const { node, pod } = ctx;
-  const host = `cali${randomHex(6).slice(0, 11)}`;
-  // No dummy driver on this kernel: a carrier-less tun stands in for the
-  // node's uplink. It carries the node address and the default route, which
-  // proxy ARP needs: the node only answers for 169.254.1.1 if it has a route
-  // to it through some other interface.
+/**
+ * The uplink of a Calico node, ens4. No dummy driver on this kernel: a
+ * carrier-less tun stands in for it. It carries the node address and the
+ * default route, which proxy ARP needs: the node only answers for
+ * 169.254.1.1 if it has a route to it through some other interface.
+ */
+export async function addCalicoUplink(node: string): Promise<void> {
   await run('ip', ['-n', node, 'tuntap', 'add', 'dev', 'ens4', 'mode', 'tun']);
   await ip(node, 'addr', 'add', '10.23.0.1/24', 'dev', 'ens4');
   await ip(node, 'link', 'set', 'ens4', 'up');
   await ip(node, 'route', 'add', 'default', 'dev', 'ens4');
+}
+
+async function buildCalico(ctx: Ctx): Promise<Built> {
+  const { node, pod } = ctx;
+  const host = `cali${randomHex(6).slice(0, 11)}`;
+  await addCalicoUplink(node);
   await ip(node, 'link', 'add', host, 'mtu', '1450', 'type', 'veth', 'peer', 'name', 'eth0', 'mtu', '1450', 'netns', pod);
   await ip(node, 'link', 'set', host, 'address', 'ee:ee:ee:ee:ee:ee');
   await sysctl(node, 'net.ipv4.ip_forward=1', `net.ipv4.conf.${host}.proxy_arp=1`, `net.ipv4.neigh.${host}.proxy_delay=0`);
@@ -585,20 +591,7 @@ const BUILDERS: Record<Shape, (ctx: Ctx) => Promise<Built>> = {
 export async function makePod(shape: Shape, opts: MakePodOptions = {}): Promise<Pod> {
   const build = BUILDERS[shape];
   if (!build) throw new Error(`unknown pod shape ${JSON.stringify(shape)}`);
-  const own = new Cleanup();
-  const id = randomHex(3);
-  const hostname = opts.hostname ?? `${shape}-7f9c4-${id.slice(0, 5)}`;
-  podArgv('check', hostname, ['true']); // throws on a hostname the pod could not have
-  let unregister: (() => void) | undefined;
-  const cleanup = async (): Promise<void> => {
-    await own.cleanupAll();
-    unregister?.();
-  };
-  unregister = opts.cleanup?.defer(`pod ${shape} pt-${id}`, () => own.cleanupAll());
-  try {
-    // Registration order gives cleanup order (reversed): CNI DEL, pod, node.
-    const node = await createNetns({ name: `pt-${id}-node`, cleanup: own });
-    const pod = await createNetns({ name: `pt-${id}-pod`, cleanup: own });
+  return withPodNamespaces('makePod', shape, 'pt-', opts, async ({ id, node, pod, hostname, own, cleanup }) => {
     const ctx: Ctx = { id, node, pod, own };
     const b = await build(ctx);
 
@@ -609,15 +602,7 @@ export async function makePod(shape: Shape, opts: MakePodOptions = {}): Promise<
       options: ['ndots:5'],
     };
     const resolvConfText = renderResolvConf(resolvConf);
-    await setNetnsEtcFile(pod, 'resolv.conf', resolvConfText);
-    await setNetnsEtcFile(pod, 'hostname', `${hostname}\n`);
-    await setNetnsEtcFile(
-      pod,
-      'hosts',
-      '# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' +
-        `${b.podIP}\t${hostname}\n` +
-        (b.podIP6 ? `${b.podIP6}\t${hostname}\n` : ''),
-    );
+    await setPodEtcFiles(pod, hostname, resolvConfText, [b.podIP, ...(b.podIP6 ? [b.podIP6] : [])]);
 
     if (opts.settle !== false) await Promise.all([waitSettled(node), waitSettled(pod)]);
     const mac = await linkMac(pod, 'eth0');
@@ -676,10 +661,67 @@ export async function makePod(shape: Shape, opts: MakePodOptions = {}): Promise<
       run: (argv, runOpts) => runInPod(pod, hostname, argv, runOpts),
       cleanup,
     };
+  });
+}
+
+/** The namespaces of a pod being made (withPodNamespaces()), and what goes with them. */
+export interface PodNamespaces {
+  id: string;
+  /** The namespace standing in for the host. */
+  node: string;
+  /** The pod's network namespace. */
+  pod: string;
+  hostname: string;
+  /** The pod's own undo steps (CNI DELs), run before the namespaces go. */
+  own: Cleanup;
+  /** Removes the pod, and takes it off the caller's Cleanup. */
+  cleanup(): Promise<void>;
+}
+
+/**
+ * Makes a pod's node and pod namespaces (`${prefix}ID-node`, `${prefix}ID-pod`)
+ * and its hostname (opts.hostname or one from `shape`), and hands them to
+ * `build`; should that throw, everything made so far goes. The pod is
+ * registered with opts.cleanup. `label` (makePod, makePod6) names the
+ * failure.
+ */
+export async function withPodNamespaces<T>(
+  label: string,
+  shape: string,
+  prefix: string,
+  opts: { cleanup?: Cleanup; hostname?: string },
+  build: (ns: PodNamespaces) => Promise<T>,
+): Promise<T> {
+  const own = new Cleanup();
+  const id = randomHex(3);
+  const hostname = opts.hostname ?? `${shape}-7f9c4-${id.slice(0, 5)}`;
+  podArgv('check', hostname, ['true']); // throws on a hostname the pod could not have
+  let unregister: (() => void) | undefined;
+  const cleanup = async (): Promise<void> => {
+    await own.cleanupAll();
+    unregister?.();
+  };
+  unregister = opts.cleanup?.defer(`pod ${shape} ${prefix}${id}`, () => own.cleanupAll());
+  try {
+    // Registration order gives cleanup order (reversed): CNI DELs, pod, node.
+    const node = await createNetns({ name: `${prefix}${id}-node`, cleanup: own });
+    const pod = await createNetns({ name: `${prefix}${id}-pod`, cleanup: own });
+    return await build({ id, node, pod, hostname, own, cleanup });
   } catch (e) {
     await cleanup().catch((ce: unknown) => {
-      throw new AggregateError([e, ce], `makePod(${shape}) failed and so did its cleanup`);
+      throw new AggregateError([e, ce], `${label}(${shape}) failed and so did its cleanup`);
     });
     throw e;
   }
+}
+
+/** The pod's resolv.conf, hostname, and hosts file naming `addresses`, as kubelet writes them. */
+export async function setPodEtcFiles(pod: string, hostname: string, resolvConfText: string, addresses: readonly string[]): Promise<void> {
+  await setNetnsEtcFile(pod, 'resolv.conf', resolvConfText);
+  await setNetnsEtcFile(pod, 'hostname', `${hostname}\n`);
+  await setNetnsEtcFile(
+    pod,
+    'hosts',
+    '# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' + addresses.map((a) => `${a}\t${hostname}\n`).join(''),
+  );
 }

@@ -35,7 +35,6 @@
 //   const pod = await makePod6('calico6', { cleanup });
 //   const g = await startGuestNs(pod.asPod, { cleanup });
 
-import { execa } from 'execa';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { eui64LinkLocal, parseFrame, type Ipv6Packet, type ParsedFrame } from '../../src/serve/frames.ts';
@@ -43,10 +42,7 @@ import { ND, neighborSolicitationFrame, parseNeighborAdvertisement } from '../..
 import { parseRouterAdvertisement, type ParsedRouterAdvertisement } from '../../src/serve/nd/ra.ts';
 import {
   Cleanup,
-  HELPER_MARK,
   killPid,
-  processStartTime,
-  createNetns,
   netnsExists,
   netnsPath,
   nsStateDir,
@@ -56,11 +52,12 @@ import {
   run,
   runInPod,
   setNetnsEtcFile,
+  spawnInNs,
   type ResolvConf,
   type RunOptions,
   type RunResult,
 } from './netns.ts';
-import { CNI_BIN, makePod, type Pod } from './pods.ts';
+import { CNI_BIN, addCalicoUplink, makePod, setPodEtcFiles, withPodNamespaces, type Pod } from './pods.ts';
 import { PODTAP } from './podtap.ts';
 import { waitSettled } from './snapshot.ts';
 
@@ -242,13 +239,9 @@ async function buildBridge6(ctx: Ctx): Promise<Built> {
 async function buildCalico6(ctx: Ctx): Promise<Built> {
   const { node, pod } = ctx;
   const host = `cali${randomHex(6).slice(0, 11)}`;
-  // The node's uplink stands in as a carrier-less tun, as in pods.ts's
-  // calico: it carries the node's addresses and IPv4 default route (proxy
-  // ARP answers for 169.254.1.1 only with a route elsewhere).
-  await run('ip', ['-n', node, 'tuntap', 'add', 'dev', 'ens4', 'mode', 'tun']);
-  await ip(node, 'addr', 'add', '10.23.0.1/24', 'dev', 'ens4');
-  await ip(node, 'link', 'set', 'ens4', 'up');
-  await ip(node, 'route', 'add', 'default', 'dev', 'ens4');
+  // The node's uplink, as in pods.ts's calico (proxy ARP answers for
+  // 169.254.1.1 only with a route elsewhere).
+  await addCalicoUplink(node);
   // The node's IPv6 address: on lo, since a carrier-less link would keep it
   // tentative.
   await ip(node, 'addr', 'add', 'fd00:23:ff::1/128', 'dev', 'lo');
@@ -421,34 +414,13 @@ export async function makePod6(shape: Shape6, opts: MakePod6Options = {}): Promi
   if (shape === 'dualstack') return dualstack(opts);
   const build = BUILDERS[shape];
   if (!build) throw new Error(`unknown IPv6 pod shape ${JSON.stringify(shape)}`);
-  const own = new Cleanup();
-  const id = randomHex(3);
-  const hostname = opts.hostname ?? `${shape}-7f9c4-${id.slice(0, 5)}`;
-  podArgv('check', hostname, ['true']); // throws on a hostname no pod could have
-  let unregister: (() => void) | undefined;
-  const cleanup = async (): Promise<void> => {
-    await own.cleanupAll();
-    unregister?.();
-  };
-  unregister = opts.cleanup?.defer(`pod ${shape} p6-${id}`, () => own.cleanupAll());
-  try {
-    // Registration order gives cleanup order (reversed): CNI DELs, pod, node.
-    const node = await createNetns({ name: `p6-${id}-node`, cleanup: own });
-    const pod = await createNetns({ name: `p6-${id}-pod`, cleanup: own });
+  return withPodNamespaces('makePod6', shape, 'p6-', opts, async ({ id, node, pod, hostname, own, cleanup }) => {
     const b = await build({ id, node, pod, own });
     const hasV4 = b.nics.some((n) => n.ip4);
     const resolvConf = opts.resolv ?? defaultResolv(hasV4);
     const resolvConfText = renderResolvConf(resolvConf);
     const first = b.nics[0]!;
-    await setNetnsEtcFile(pod, 'resolv.conf', resolvConfText);
-    await setNetnsEtcFile(pod, 'hostname', `${hostname}\n`);
-    await setNetnsEtcFile(
-      pod,
-      'hosts',
-      '# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' +
-        (first.ip4 ? `${first.ip4.address}\t${hostname}\n` : '') +
-        `${first.ip6}\t${hostname}\n`,
-    );
+    await setPodEtcFiles(pod, hostname, resolvConfText, [...(first.ip4 ? [first.ip4.address] : []), first.ip6]);
     // IPv6 DAD on both sides (the gateways' addresses too) before anyone looks.
     await Promise.all([waitSettled(node), waitSettled(pod)]);
     const nics: Nic6[] = [];
@@ -472,12 +444,7 @@ export async function makePod6(shape: Shape6, opts: MakePod6Options = {}): Promi
       cleanup,
     } as unknown as Pod;
     return { shape, node, pod, hostname, hostIfname: b.hostIfname, nics, resolvConf, resolvConfText, argv, run: runIn, cleanup, asPod };
-  } catch (e) {
-    await cleanup().catch((ce: unknown) => {
-      throw new AggregateError([e, ce], `makePod6(${shape}) failed and so did its cleanup`);
-    });
-    throw e;
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -580,17 +547,12 @@ export interface AddrMonitor {
  * address that appears, however briefly.
  */
 export async function monitorAddresses(ns: string, cleanup: Cleanup): Promise<AddrMonitor> {
-  const proc = execa('ip', ['-n', ns, '-o', 'monitor', 'address'], { reject: false, stdin: 'ignore', env: { [HELPER_MARK]: '1' } });
-  const pid = proc.pid!;
-  const start = processStartTime(pid);
-  const unregister = cleanup.pid(pid);
-  let out = '';
-  proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  const { pid, start, unregister, stdout } = spawnInNs(ns, ['ip', '-o', 'monitor', 'address'], cleanup);
   // ip prints nothing until something changes: give it a moment to subscribe.
   await sleep(300);
   return {
     added: () =>
-      out
+      stdout()
         .split('\n')
         .filter((l) => l.trim() && !l.startsWith('Deleted'))
         .flatMap((line) => {

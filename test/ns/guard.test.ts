@@ -22,12 +22,11 @@
 // restarts podtap on the same pod with --no-antispoof. About 50 s in all.
 
 import { randomBytes } from 'node:crypto';
-import { execa } from 'execa';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Cleanup, HELPER_MARK, killPid, nsExec, processStartTime, run } from '../helpers/netns.ts';
+import { Cleanup, killPid, nsExec, run, spawnInNs } from '../helpers/netns.ts';
 import { makePod, type Pod } from '../helpers/pods.ts';
 import { pktSend, startGuestNs, startRecv, type GuestNs } from '../helpers/guest-ns.ts';
 import { clientPacket, MSG } from '../helpers/dhcp-packets.ts';
@@ -164,18 +163,11 @@ let scratch: string;
 async function startSink(ns: string, ports: number[]): Promise<Sink> {
   const script = join(scratch, 'sink.cjs');
   await writeFile(script, SINK_SCRIPT);
-  const proc = execa('ip', ['netns', 'exec', ns, NODE_BIN, script, ...ports.map(String)], { reject: false, stdin: 'ignore', env: { [HELPER_MARK]: '1' } });
-  const pid = proc.pid!;
-  const start = processStartTime(pid);
-  const unregister = cleanup.pid(pid);
-  let out = '';
-  let err = '';
-  proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-  proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-  for (const end = Date.now() + 10_000; !/^listening$/m.test(out); await sleep(20)) {
-    if (Date.now() > end || proc.exitCode !== null) throw new Error(`UDP sink in ${ns} did not start: ${err}${out}`);
+  const { proc, pid, start, unregister, stdout, stderr } = spawnInNs(ns, [NODE_BIN, script, ...ports.map(String)], cleanup);
+  for (const end = Date.now() + 10_000; !/^listening$/m.test(stdout()); await sleep(20)) {
+    if (Date.now() > end || proc.exitCode !== null) throw new Error(`UDP sink in ${ns} did not start: ${stderr()}${stdout()}`);
   }
-  const payloads = () => out.split('\n').filter((l) => l.startsWith('{')).map((l) => (JSON.parse(l) as { hex: string }).hex);
+  const payloads = () => stdout().split('\n').filter((l) => l.startsWith('{')).map((l) => (JSON.parse(l) as { hex: string }).hex);
   return {
     payloads,
     async stop() {

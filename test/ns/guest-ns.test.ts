@@ -8,7 +8,7 @@
 // serves several and unplugs a NIC whose tap goes away, and pkt's refusals.
 
 import { execa } from 'execa';
-import { chmod, mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,37 +16,17 @@ import { Cleanup, HELPER_MARK, createNetns, nsExec, pidsIn, randomHex, run } fro
 import { makePod } from '../helpers/pods.ts';
 import { diffSnapshots, snapshot } from '../helpers/snapshot.ts';
 import { podtapIn } from '../helpers/podtap.ts';
-import { PKT, TAP_GUEST, buildTools, pktSend, startGuestNs, startRecv, type GuestNs } from '../helpers/guest-ns.ts';
+import { PKT, TAP_GUEST, buildTools, pktSend, startGuestNs, startRecv, udhcpcOnce, writeUdhcpcScript, type GuestNs } from '../helpers/guest-ns.ts';
 
 const cleanup = new Cleanup();
 afterAll(() => cleanup.cleanupAll());
-
-// udhcpc leaves configuring the link to its script: address, then the
-// classless routes in the order given (on-link ones come first), or the
-// routers when the server sent no option 121.
-const UDHCPC_SCRIPT = `#!/bin/sh
-[ "$1" = bound ] || [ "$1" = renew ] || exit 0
-ip addr replace "$ip/$mask" dev "$interface"
-if [ -n "$staticroutes" ]; then
-  set -- $staticroutes
-  while [ $# -ge 2 ]; do
-    if [ "$2" = 0.0.0.0 ]; then ip route replace "$1" dev "$interface" scope link
-    else ip route replace "$1" via "$2" dev "$interface"; fi
-    shift 2
-  done
-else
-  for gw in $router; do ip route replace default via "$gw" dev "$interface"; done
-fi
-`;
 
 let script: string;
 beforeAll(async () => {
   await buildTools();
   const dir = await mkdtemp('/run/podtap-test-guest-ns-');
   cleanup.path(dir);
-  script = join(dir, 'udhcpc.sh');
-  await writeFile(script, UDHCPC_SCRIPT);
-  await chmod(script, 0o755);
+  script = await writeUdhcpcScript(join(dir, 'udhcpc.sh'));
 });
 
 type Json = Record<string, any>;
@@ -57,7 +37,7 @@ async function ipJson(g: GuestNs, args: string[]): Promise<Json[]> {
 
 /** udhcpc in the guest, once: lease, address and routes, or a thrown error. */
 async function dhcp(g: GuestNs): Promise<string> {
-  const r = await g.run(['busybox', 'udhcpc', '-f', '-q', '-n', '-t', '5', '-T', '1', '-i', 'eth0', '-s', script, '-O', 'staticroutes'], { timeoutMs: 20_000 });
+  const r = await g.run(udhcpcOnce(script), { timeoutMs: 20_000 });
   return `${r.stdout}${r.stderr}`;
 }
 

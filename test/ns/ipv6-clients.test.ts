@@ -32,15 +32,15 @@
 //
 // One pod, podtap and guest per case; three cases at a time.
 
-import { execa } from 'execa';
-import { lstat, mkdir, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
+import { lstat, mkdtemp, readdir, readFile } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it, type ExpectStatic } from 'vitest';
-import { Cleanup, HELPER_MARK, killPid, pidsIn, processStartTime, run } from '../helpers/netns.ts';
+import { Cleanup, run } from '../helpers/netns.ts';
 import { DATAPATHS, type Datapath } from '../helpers/pods.ts';
 import { startGuestNs, startRecv, type GuestNs } from '../helpers/guest-ns.ts';
+import { events, reportingScript, startContained, writtenResolvConf, type ContainedProc } from '../helpers/dhcp-clients.ts';
 import { startPodtap } from '../helpers/podtap.ts';
 import { diffSnapshots, snapshot, waitSettled } from '../helpers/snapshot.ts';
 import { limiter } from '../helpers/limit.ts';
@@ -105,35 +105,7 @@ afterAll(async () => {
 });
 
 // ---------------------------------------------------------------------------
-// Contained clients
-
-/** Prints the event and everything the script was handed, between EVENT and END. */
-const WRAPPER = (real: string) => `#!/bin/sh
-${real} "$@"
-rc=$?
-echo "EVENT $reason"
-env | grep -v -E '^(PATH|PWD|SHLVL|_|HOME|TERM|LANG|${HELPER_MARK})=' | sort | sed 's/^/  /'
-echo "END $reason"
-exit $rc
-`;
-
-/**
- * Runs "$@" in a private mount namespace: /etc overlaid (upper layer
- * $1/etc-upper, so the test reads what the client wrote there), tmpfs over
- * /run, /var/lib/dhcp and /var/lib/dhcpcd; the guest is "localhost" first.
- */
-const CONTAIN = `set -e
-dir=$1; shift
-hostname localhost
-exec unshare --mount --propagation private -- sh -c '
-  set -e
-  dir=$1; shift
-  mount -t overlay overlay -o lowerdir=/etc,upperdir=$dir/etc-upper,workdir=$dir/etc-work /etc
-  mount -t tmpfs tmpfs /run
-  for d in /var/lib/dhcp /var/lib/dhcpcd; do [ -d $d ] && mount -t tmpfs tmpfs $d; done
-  exec "$@"
-' contain "$dir" "$@"
-`;
+// Contained clients (dhcp-clients.ts: startContained, reportingScript)
 
 // One dhcpcd for both families, as a distribution runs it: router
 // solicitation, DHCPv6 when the RA says M=1, DHCPv4.
@@ -149,102 +121,12 @@ const DHCLIENT4_CONF = `request subnet-mask, broadcast-address, routers, domain-
   domain-search, host-name, interface-mtu, dhcp-lease-time, dhcp-renewal-time, dhcp-rebinding-time;
 `;
 
-interface Proc {
-  dir: string;
-  out(): string;
-  waitFor(test: (out: string) => boolean, ms: number, what: string): Promise<void>;
-  stop(): Promise<void>;
-}
-
-let serial = 0;
-
-async function startContained(g: GuestNs, name: string, files: Record<string, string>, argv: (dir: string) => string[], c: Cleanup): Promise<Proc> {
-  const dir = join(scratch, `${name}-${++serial}`);
-  await mkdir(join(dir, 'etc-upper'), { recursive: true });
-  await mkdir(join(dir, 'etc-work'), { recursive: true });
-  for (const [f, text] of Object.entries(files)) await writeFile(join(dir, f), text, { mode: f === 'script' ? 0o755 : 0o644 });
-  const [file, ...args] = g.argv(['sh', '-c', CONTAIN, 'contain', dir, ...argv(dir)]);
-  const proc = execa(file!, args, {
-    reject: false,
-    stdin: 'ignore',
-    all: true,
-    env: { [HELPER_MARK]: '1', PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' },
-    extendEnv: false,
-  });
-  const pid = proc.pid!;
-  const start = processStartTime(pid);
-  const unregister = c.pid(pid);
-  let out = '';
-  let code: number | undefined;
-  proc.all?.on('data', (d: Buffer) => (out += d.toString()));
-  void proc.then((r) => (code = r.exitCode ?? 128));
-  return {
-    dir,
-    out: () => out,
-    async waitFor(test, ms, what) {
-      const end = Date.now() + ms;
-      while (!test(out)) {
-        if (code !== undefined) throw new Error(`${name} exited (${code}) before ${what}; output:\n${out.slice(-8000)}`);
-        if (Date.now() > end) throw new Error(`no ${what} from ${name} within ${ms} ms; output:\n${out.slice(-8000)}`);
-        await sleep(100);
-      }
-    },
-    async stop() {
-      await killPid(pid, start, 5000);
-      // dhcpcd's privilege-separated helpers are its children: should one
-      // outlive the main process it keeps the output pipe open. They are
-      // this client's, in this guest, so end them by pid.
-      if (!(await Promise.race([proc.then(() => true), sleep(5000, false)]))) {
-        const left = await leftovers(g.ns, name.replace(/[46]$/, ''));
-        await Promise.all(left.map((p) => killPid(p, processStartTime(p))));
-        if (!(await Promise.race([proc.then(() => true), sleep(5000, false)]))) throw new Error(`${name} will not go (left: ${left.join(' ')})`);
-      }
-      unregister();
-    },
-  };
-}
-
-/** Pids of the processes named `comm` in the guest's namespace. */
-async function leftovers(ns: string, comm: string): Promise<number[]> {
-  const out: number[] = [];
-  for (const p of await pidsIn(ns)) {
-    const c = await readFile(`/proc/${p}/comm`, 'utf8').catch(() => '');
-    if (c.trim() === comm) out.push(p);
-  }
-  return out;
-}
-
-interface ClientEvent {
-  event: string;
-  vars: Record<string, string>;
-}
-
-function events(out: string): ClientEvent[] {
-  const list: ClientEvent[] = [];
-  let open: ClientEvent | undefined;
-  for (const line of out.split('\n')) {
-    const ev = /^EVENT (\S+)$/.exec(line);
-    if (ev) {
-      open = { event: ev[1]!, vars: {} };
-      continue;
-    }
-    if (open && line === `END ${open.event}`) {
-      list.push(open);
-      open = undefined;
-      continue;
-    }
-    const kv = /^ {2}([A-Za-z0-9_]+)=(.*)$/.exec(line);
-    if (kv && open) open.vars[kv[1]!] = kv[2]!;
-  }
-  return list;
-}
-
-const eventOf = (p: Proc, name: string) => events(p.out()).find((e) => e.event === name);
+const eventOf = (p: ContainedProc, name: string) => events(p.out()).find((e) => e.event === name);
 const has = (name: string) => (out: string) => events(out).some((e) => e.event === name);
 const words = (s: string | undefined) => (s ?? '').split(/\s+/).filter(Boolean);
 
-async function writtenResolvConf(p: Proc): Promise<{ nameservers: string[]; search: string[] }> {
-  const text = await readFile(join(p.dir, 'etc-upper', 'resolv.conf'), 'utf8').catch(() => '');
+async function resolvConfOf(p: ContainedProc): Promise<{ nameservers: string[]; search: string[] }> {
+  const text = (await writtenResolvConf(p)) ?? '';
   const lines = text.split('\n');
   return {
     nameservers: lines.filter((l) => l.startsWith('nameserver ')).map((l) => words(l)[1]!),
@@ -307,10 +189,8 @@ function checkRoutes6(ex: ExpectStatic, routes: Json[], nic: Nic6, label: string
 
 const atOnce = limiter(3);
 
-/** `ex` is the running test's own expect, for soft assertions: concurrent tests cannot use the global one. */
-async function clientCase(shape: Shape6, datapath: Datapath, client: Client, ex: ExpectStatic): Promise<void> {
-  const c = new Cleanup();
-  const unregister = cleanup.defer(`case ${shape}/${datapath}/${client}`, () => c.cleanupAll());
+/** `ex` is the running test's own expect, for soft assertions: concurrent tests cannot use the global one; `c` is the case's own Cleanup. */
+async function clientCase(shape: Shape6, datapath: Datapath, client: Client, ex: ExpectStatic, c: Cleanup): Promise<void> {
   // Where a case that overruns its time is stuck, for the log.
   let phase = 'start';
   const at = (p: string) => void (phase = p);
@@ -359,19 +239,19 @@ async function clientCase(shape: Shape6, datapath: Datapath, client: Client, ex:
     await waitSettled(g.ns);
     expect(await globalAddrs(g, '-6'), 'no global address before DHCPv6').toEqual([]);
     const monitor = await monitorAddresses(g.ns, c);
-    const procs: Proc[] = [];
-    let p6: Proc;
-    let p4: Proc;
+    const procs: ContainedProc[] = [];
+    let p6: ContainedProc;
+    let p4: ContainedProc;
     if (client === 'dhcpcd') {
       // The RA handling to test is dhcpcd's: the guest kernel's own stops here.
       await g.run(['sysctl', '-q', '-w', 'net.ipv6.conf.eth0.accept_ra=0']);
       await run('ip', ['-n', g.ns, '-6', 'route', 'flush', 'dev', 'eth0', 'proto', 'ra']);
-      p6 = await startContained(g, 'dhcpcd', { 'dhcpcd.conf': DHCPCD_CONF, script: WRAPPER('/usr/lib/dhcpcd/dhcpcd-run-hooks') }, (d) => ['dhcpcd', '-B', '-d', '-f', join(d, 'dhcpcd.conf'), '-c', join(d, 'script'), 'eth0'], c);
+      p6 = await startContained(g, 'dhcpcd', scratch, { 'dhcpcd.conf': DHCPCD_CONF, script: reportingScript('/usr/lib/dhcpcd/dhcpcd-run-hooks') }, (d) => ['dhcpcd', '-B', '-d', '-f', join(d, 'dhcpcd.conf'), '-c', join(d, 'script'), 'eth0'], c);
       p4 = p6;
       procs.push(p6);
     } else {
-      p6 = await startContained(g, 'dhclient6', { 'dhclient.conf': DHCLIENT6_CONF, script: WRAPPER('/sbin/dhclient-script') }, (d) => ['dhclient', '-6', '-d', '-v', '-cf', join(d, 'dhclient.conf'), '-sf', join(d, 'script'), '-lf', join(d, 'leases'), '-pf', join(d, 'pid'), 'eth0'], c);
-      p4 = await startContained(g, 'dhclient4', { 'dhclient.conf': DHCLIENT4_CONF, script: WRAPPER('/sbin/dhclient-script') }, (d) => ['dhclient', '-4', '-d', '-v', '-cf', join(d, 'dhclient.conf'), '-sf', join(d, 'script'), '-lf', join(d, 'leases'), '-pf', join(d, 'pid'), 'eth0'], c);
+      p6 = await startContained(g, 'dhclient6', scratch, { 'dhclient.conf': DHCLIENT6_CONF, script: reportingScript('/sbin/dhclient-script') }, (d) => ['dhclient', '-6', '-d', '-v', '-cf', join(d, 'dhclient.conf'), '-sf', join(d, 'script'), '-lf', join(d, 'leases'), '-pf', join(d, 'pid'), 'eth0'], c);
+      p4 = await startContained(g, 'dhclient4', scratch, { 'dhclient.conf': DHCLIENT4_CONF, script: reportingScript('/sbin/dhclient-script') }, (d) => ['dhclient', '-4', '-d', '-v', '-cf', join(d, 'dhclient.conf'), '-sf', join(d, 'script'), '-lf', join(d, 'leases'), '-pf', join(d, 'pid'), 'eth0'], c);
       procs.push(p6, p4);
     }
     const logFrom = g.podtap.stderr().length;
@@ -426,7 +306,7 @@ async function clientCase(shape: Shape6, datapath: Datapath, client: Client, ex:
       }
 
       // ---- DNS as the client's script wrote it
-      const rc = await writtenResolvConf(p6);
+      const rc = await resolvConfOf(p6);
       const wantNs = client === 'dhcpcd' ? pod.resolvConf.nameservers : v6Dns;
       expect([...rc.nameservers].sort()).toEqual([...wantNs].sort());
       expect(rc.search).toEqual(pod.resolvConf.search);
@@ -472,8 +352,6 @@ async function clientCase(shape: Shape6, datapath: Datapath, client: Client, ex:
     expect(parseHexFrames(frames).some((f) => f.kind === 'ipv6' && f.icmp6?.type === 128 && f.dst === nic.nodeAddr6)).toBe(true);
   } finally {
     clearTimeout(watchdog);
-    unregister();
-    await c.cleanupAll();
   }
 }
 
@@ -489,10 +367,8 @@ async function clientCase(shape: Shape6, datapath: Datapath, client: Client, ex:
 // is fixed (proposal: a netdev egress chain on the pod interface that drops
 // any source MAC but the VM's, on both data paths).
 describe('the node side of the pod interface', () => {
-  it('bridge data path: nothing leaves the pod interface from a MAC but the pod\'s', async () => {
-    const c = new Cleanup();
-    const unregister = cleanup.defer('case bridge MAC', () => c.cleanupAll());
-    try {
+  it('bridge data path: nothing leaves the pod interface from a MAC but the pod\'s', () =>
+    cleanup.scope('case bridge MAC', async (c) => {
       const pod = await makePod6('dualstack', { cleanup: c });
       const nic = pod.nics[0]!;
       const recv = await startRecv(pod.node, c, { ifname: pod.hostIfname, timeoutMs: 60_000 });
@@ -506,11 +382,7 @@ describe('the node side of the pod interface', () => {
       const foreign = frames.filter((f) => 'eth' in f && f.eth && f.eth.src !== nic.mac);
       const describe = (f: (typeof frames)[number]) => (f.kind === 'ipv6' ? `${f.eth.src}: ${f.src} > ${f.dst} icmp6 ${f.icmp6?.type ?? '-'}` : f.kind);
       expect(foreign.map(describe)).toEqual([]);
-    } finally {
-      unregister();
-      await c.cleanupAll();
-    }
-  });
+    }));
 });
 
 describe.concurrent('real IPv6 clients in a guest behind podtap', () => {
@@ -522,7 +394,7 @@ describe.concurrent('real IPv6 clients in a guest behind podtap', () => {
   for (const shape of SHAPES6) {
     for (const datapath of DATAPATHS) {
       for (const client of CLIENTS) {
-        it(`${client}: ${shape} pod, ${datapath} data path`, ({ expect: ex }) => atOnce(() => clientCase(shape, datapath, client, ex)), 170_000);
+        it(`${client}: ${shape} pod, ${datapath} data path`, ({ expect: ex }) => atOnce(() => cleanup.scope(`case ${shape}/${datapath}/${client}`, (c) => clientCase(shape, datapath, client, ex, c))), 170_000);
       }
     }
   }

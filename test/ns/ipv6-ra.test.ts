@@ -52,17 +52,6 @@ import { ALL_DHCP_RELAY_AGENTS_AND_SERVERS, CLIENT_PORT, MSG6, SERVER_PORT, deco
 const cleanup = new Cleanup();
 afterAll(() => cleanup.cleanupAll());
 
-async function withCleanup(fn: (c: Cleanup) => Promise<void>): Promise<void> {
-  const c = new Cleanup();
-  const unregister = cleanup.defer('case', () => c.cleanupAll());
-  try {
-    await fn(c);
-  } finally {
-    unregister();
-    await c.cleanupAll();
-  }
-}
-
 /** The guest's router solicitation, as a kernel sends it: from its link-local address, with its MAC. */
 function routerSolicitation(mac: string): string {
   return icmp6Frame({
@@ -162,7 +151,7 @@ const CASES: [Shape6, Datapath][] = [
 describe.concurrent('router advertisements on the wire', () => {
   for (const [shape, datapath] of CASES) {
     it(`${shape} pod, ${datapath} data path: flags, prefixes, lifetime, MTU, DNS; an RS is answered within a second`, () =>
-      withCleanup(async (c) => {
+      cleanup.scope('case', async (c) => {
         const pod = await makePod6(shape, { cleanup: c });
         const nic = pod.nics[0]!;
         const g = await startGuestNs(pod.asPod, { cleanup: c, podtapArgs: ['--datapath', datapath] });
@@ -182,7 +171,7 @@ describe.concurrent('router advertisements on the wire', () => {
   }
 
   it('two NICs (dualnic): router lifetime 0 where the pod has no default route, its prefix and routes, the route\'s lower MTU, no DNS there', () =>
-    withCleanup(async (c) => {
+    cleanup.scope('case', async (c) => {
       const pod = await makePod6('dualnic', { cleanup: c });
       const before = await snapshot(pod.pod);
       const g = await startGuestNs(pod.asPod, {
@@ -210,7 +199,7 @@ describe.concurrent('router advertisements on the wire', () => {
     }));
 
   it('no IPv6 nameserver in the pod: no RDNSS, no DNSSL, and no DHCPv6 options 23 and 24', () =>
-    withCleanup(async (c) => {
+    cleanup.scope('case', async (c) => {
       const resolv = { nameservers: ['10.96.0.10'], search: ['default.svc.cluster.local', 'svc.cluster.local', 'cluster.local'], options: ['ndots:5'] };
       const pod = await makePod6('dualstack', { cleanup: c, resolv });
       const nic = pod.nics[0]!;
@@ -237,7 +226,7 @@ describe.concurrent('router advertisements on the wire', () => {
     }));
 
   it('SIGTERM: a last RA with every lifetime 0 reaches a guest whose VMM outlives podtap', () =>
-    withCleanup(async (c) => {
+    cleanup.scope('case', async (c) => {
       await buildTools();
       const pod = await makePod6('bridge6', { cleanup: c });
       const nic = pod.nics[0]!;

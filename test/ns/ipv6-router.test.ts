@@ -106,20 +106,9 @@ async function finish(r: Rig): Promise<string> {
   return stopped.stderr;
 }
 
-async function withCleanup(fn: (c: Cleanup) => Promise<void>): Promise<void> {
-  const c = new Cleanup();
-  const unregister = cleanup.defer('case', () => c.cleanupAll());
-  try {
-    await fn(c);
-  } finally {
-    unregister();
-    await c.cleanupAll();
-  }
-}
-
 describe.concurrent('the router podtap answers for has the gateway\'s MAC', () => {
   it('the pod\'s neighbour table knows the gateway: podtap uses that MAC and asks nobody', () =>
-    withCleanup(async (c) => {
+    cleanup.scope('case', async (c) => {
       const r = await rig(c, async (pod) => {
         // The pod talks to its gateway, as a pod does: the kernel learns its MAC.
         await pod.run(['ping', '-c', '1', '-W', '2', pod.nics[0]!.gateway6]);
@@ -137,7 +126,7 @@ describe.concurrent('the router podtap answers for has the gateway\'s MAC', () =
     }));
 
   it('it does not: podtap asks the gateway once, from the pod interface, and `podtap status` shows the MAC', () =>
-    withCleanup(async (c) => {
+    cleanup.scope('case', async (c) => {
       const r = await rig(c, async (pod) => {
         await run('ip', ['-n', pod.pod, 'neigh', 'flush', 'dev', 'eth0']);
         expect(JSON.parse((await run('ip', ['-n', pod.pod, '-6', '-j', 'neigh', 'show', 'to', pod.nics[0]!.gateway6])).stdout)).toEqual([]);
@@ -159,7 +148,7 @@ describe.concurrent('the router podtap answers for has the gateway\'s MAC', () =
     }));
 
   it('the gateway never answers: a warning, no router advertisement, no default route in the guest; then it answers', () =>
-    withCleanup(async (c) => {
+    cleanup.scope('case', async (c) => {
       let hostIf = '';
       const r = await rig(c, async (pod) => {
         hostIf = pod.hostIfname;

@@ -6,26 +6,14 @@ import { MAX_REPLY, handle } from '../../src/serve/dhcp6/handler.ts';
 import type { Dhcp6Context, Dhcp6Outcome } from '../../src/serve/dhcp6/handler.ts';
 import { Lease6 } from '../../src/serve/dhcp6/lease.ts';
 import type { Ipv6Identity } from '../../src/serve/nd/ra.ts';
+import { podIdentity } from '../helpers/ipv6-identity.ts';
 
 const T0 = 1_700_000_000_000;
 const VM_LL = 'fe80::5054:ff:fe12:3456';
 const SERVER_DUID = duidLinkLayer('02:00:00:00:00:01');
 const CLIENT_DUID = Buffer.from('00010001329f7066525400123456', 'hex');
 
-function pod(over: Partial<Ipv6Identity> = {}): Ipv6Identity {
-  return {
-    addresses: [{ address: '2001:db8:1::5', prefixlen: 64 }],
-    onLink: [{ prefix: '2001:db8:1::', prefixlen: 64 }],
-    routes: [{ prefix: '2001:db8:99::', prefixlen: 48, mtu: 1400 }],
-    defaultRoute: {},
-    router: { linkLocal: 'fe80::1', mac: '02:00:00:00:00:01' },
-    mtu: 1500,
-    dns: { servers: ['2001:db8::53', '10.96.0.10'], search: ['default.svc.cluster.local', 'svc.cluster.local', 'cluster.local'] },
-    ...over,
-  };
-}
-
-function setup(identity: Ipv6Identity = pod(), opts: { leaseSeconds?: number; rapidCommit?: boolean } = {}) {
+function setup(identity: Ipv6Identity = podIdentity(), opts: { leaseSeconds?: number; rapidCommit?: boolean } = {}) {
   const { config, warnings } = dhcp6ConfigFrom(identity, { serverDuid: SERVER_DUID, leaseSeconds: opts.leaseSeconds ?? 3600, ...(opts.rapidCommit === undefined ? {} : { rapidCommit: opts.rapidCommit }) });
   const lease = new Lease6();
   const send = (m: Dhcp6Message | Buffer, ctx: Partial<Dhcp6Context> = {}): Dhcp6Outcome =>
@@ -75,7 +63,7 @@ function addrs(ia: { options: Dhcp6Option[] }): [string, number, number][] {
 describe('a conversation real clients had with this handler', () => {
   // Client payloads and the handler's answers, captured on the wire while
   // ISC dhclient 4.4.3 and then dhcpcd 9.4.1 (with rapid commit) ran against
-  // it in a throwaway namespace pair, with pod() and a 20 s lease. Both
+  // it in a throwaway namespace pair, with podIdentity() and a 20 s lease. Both
   // clients configured 2001:db8:1::5 and the DNS options and renewed;
   // dhclient -r released. The answers must stay byte for byte what they
   // accepted.
@@ -107,7 +95,7 @@ describe('a conversation real clients had with this handler', () => {
   ];
 
   it('answers every message as the clients saw it', () => {
-    const { send, lease } = setup(pod(), { leaseSeconds: 20 });
+    const { send, lease } = setup(podIdentity(), { leaseSeconds: 20 });
     const states: string[] = [];
     for (const [ask, answer] of conversation) {
       const r = replyOf(send(Buffer.from(ask, 'hex')));
@@ -124,7 +112,7 @@ describe('a conversation real clients had with this handler', () => {
 describe('dhcp6ConfigFrom', () => {
   it('hands out every global address, IPv6 nameservers only, and T1/T2 at 0.5/0.8', () => {
     const { config, warnings } = dhcp6ConfigFrom(
-      pod({
+      podIdentity({
         addresses: [
           { address: '2001:db8:1::5', prefixlen: 64 },
           { address: 'fd00:10::5', prefixlen: 128 },
@@ -149,7 +137,7 @@ describe('dhcp6ConfigFrom', () => {
   });
 
   it('says so when there is nothing to hand out, and keeps the refresh time above IRT_MINIMUM', () => {
-    const { config, warnings } = dhcp6ConfigFrom(pod({ addresses: [], dns: undefined }), { serverDuid: SERVER_DUID, leaseSeconds: 60 });
+    const { config, warnings } = dhcp6ConfigFrom(podIdentity({ addresses: [], dns: undefined }), { serverDuid: SERVER_DUID, leaseSeconds: 60 });
     expect(config.addresses).toEqual([]);
     expect(config.dnsServers).toEqual([]);
     expect(config.informationRefreshSeconds).toBe(600);
@@ -157,16 +145,16 @@ describe('dhcp6ConfigFrom', () => {
   });
 
   it('refuses what cannot be served', () => {
-    expect(() => dhcp6ConfigFrom(pod(), { serverDuid: Buffer.alloc(2), leaseSeconds: 3600 })).toThrow(/DUID/);
-    expect(() => dhcp6ConfigFrom(pod(), { serverDuid: SERVER_DUID, leaseSeconds: 0 })).toThrow(/lease/);
-    expect(() => dhcp6ConfigFrom(pod(), { serverDuid: SERVER_DUID, leaseSeconds: 0xffffffff })).toThrow(/lease/);
-    expect(() => dhcp6ConfigFrom(pod({ addresses: [{ address: 'x', prefixlen: 64 }] }), { serverDuid: SERVER_DUID, leaseSeconds: 1 })).toThrow(/bad IPv6/);
+    expect(() => dhcp6ConfigFrom(podIdentity(), { serverDuid: Buffer.alloc(2), leaseSeconds: 3600 })).toThrow(/DUID/);
+    expect(() => dhcp6ConfigFrom(podIdentity(), { serverDuid: SERVER_DUID, leaseSeconds: 0 })).toThrow(/lease/);
+    expect(() => dhcp6ConfigFrom(podIdentity(), { serverDuid: SERVER_DUID, leaseSeconds: 0xffffffff })).toThrow(/lease/);
+    expect(() => dhcp6ConfigFrom(podIdentity({ addresses: [{ address: 'x', prefixlen: 64 }] }), { serverDuid: SERVER_DUID, leaseSeconds: 1 })).toThrow(/bad IPv6/);
   });
 });
 
 describe('Solicit (RFC 8415 §18.3.1)', () => {
   it('advertises every pod address in the first IA_NA with preference 255', () => {
-    const { send, lease } = setup(pod({ addresses: [{ address: '2001:db8:1::5', prefixlen: 64 }, { address: 'fd00::5', prefixlen: 128 }] }));
+    const { send, lease } = setup(podIdentity({ addresses: [{ address: '2001:db8:1::5', prefixlen: 64 }, { address: 'fd00::5', prefixlen: 128 }] }));
     const r = replyOf(send(message(MSG6.SOLICIT, clientId(), iaNa(7))));
     expect(r.type).toBe('ADVERTISE');
     expect(r.msg.type).toBe(MSG6.ADVERTISE);
@@ -199,7 +187,7 @@ describe('Solicit (RFC 8415 §18.3.1)', () => {
     expect(firstOption(r.msg.options, 'rapid-commit')).toBeDefined();
     expect(firstOption(r.msg.options, 'preference')).toBeUndefined();
     expect(lease.snapshot(T0)).toMatchObject({ state: 'bound', binds: 1, iaid: 7, expiresAt: T0 + 3600_000 });
-    const no = setup(pod(), { rapidCommit: false });
+    const no = setup(podIdentity(), { rapidCommit: false });
     expect(replyOf(no.send(message(MSG6.SOLICIT, clientId(), iaNa(7), { kind: 'rapid-commit' }))).type).toBe('ADVERTISE');
   });
 
@@ -216,7 +204,7 @@ describe('Solicit (RFC 8415 §18.3.1)', () => {
 
   it('says NoAddrsAvail when there are no IAs, or no addresses', () => {
     expect(topStatus(replyOf(setup().send(message(MSG6.SOLICIT, clientId()))).msg)).toBe(STATUS.NoAddrsAvail);
-    const { send, lease } = setup(pod({ addresses: [] }));
+    const { send, lease } = setup(podIdentity({ addresses: [] }));
     const r = replyOf(send(message(MSG6.SOLICIT, clientId(), iaNa(1), { kind: 'rapid-commit' })));
     expect(iaStatus(ias(r.msg)[0]!)).toBe(STATUS.NoAddrsAvail);
     expect(lease.state).toBe('never');
@@ -276,7 +264,7 @@ describe('Request (RFC 8415 §18.3.2)', () => {
     const on = replyOf(send(message(MSG6.REQUEST, clientId(), serverId, iaNa(1, '2001:db8:1::99'))));
     expect(addrs(ias(on.msg)[0]!)).toEqual([['2001:db8:1::5', 3600, 3600]]);
     // A /128 pod's link is its address: anything else is off it.
-    const s128 = setup(pod({ addresses: [{ address: '2001:db8:7::1234', prefixlen: 128 }], onLink: [] }));
+    const s128 = setup(podIdentity({ addresses: [{ address: '2001:db8:7::1234', prefixlen: 128 }], onLink: [] }));
     const r = replyOf(s128.send(message(MSG6.REQUEST, clientId(), serverId, iaNa(1, '2001:db8:7::1235'))));
     expect(iaStatus(ias(r.msg)[0]!)).toBe(STATUS.NotOnLink);
   });
@@ -412,7 +400,7 @@ describe('Information-request (RFC 8415 §18.3.6)', () => {
   });
 
   it('leaves DNS out where the NIC carries none', () => {
-    const r = replyOf(setup(pod({ dns: undefined })).send(message(MSG6.INFORMATION_REQUEST, clientId())));
+    const r = replyOf(setup(podIdentity({ dns: undefined })).send(message(MSG6.INFORMATION_REQUEST, clientId())));
     expect(r.msg.options.map((o) => o.kind)).toEqual(['client-id', 'server-id', 'information-refresh-time']);
   });
 });
@@ -443,7 +431,7 @@ describe('what is dropped before any of that', () => {
 describe('reply size', () => {
   it('leaves the search list out rather than exceed one minimum-MTU packet', () => {
     const search = Array.from({ length: 40 }, (_, i) => `namespace-${i}.svc.cluster.local`);
-    const { send, warnings } = setup(pod({ dns: { servers: ['2001:db8::53'], search } }));
+    const { send, warnings } = setup(podIdentity({ dns: { servers: ['2001:db8::53'], search } }));
     expect(warnings).toEqual([]);
     const r = replyOf(send(message(MSG6.SOLICIT, clientId(), iaNa(1))));
     expect(r.trimmed).toEqual([24]);

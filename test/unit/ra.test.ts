@@ -18,20 +18,7 @@ import {
   RaScheduler,
 } from '../../src/serve/nd/schedule.ts';
 import { rng } from '../helpers/dhcp-mutate.ts';
-
-/** A dual-stack pod on a /64 with a default route, one more route and DNS. */
-function podIdentity(over: Partial<Ipv6Identity> = {}): Ipv6Identity {
-  return {
-    addresses: [{ address: '2001:db8:1::5', prefixlen: 64 }],
-    onLink: [{ prefix: '2001:db8:1::', prefixlen: 64 }],
-    routes: [{ prefix: '2001:db8:99::', prefixlen: 48, mtu: 1400 }],
-    defaultRoute: {},
-    router: { linkLocal: 'fe80::1', mac: '02:00:00:00:00:01' },
-    mtu: 1500,
-    dns: { servers: ['2001:db8::53', '10.96.0.10'], search: ['default.svc.cluster.local', 'svc.cluster.local', 'cluster.local'] },
-    ...over,
-  };
-}
+import { podIdentity } from '../helpers/ipv6-identity.ts';
 
 /** A Calico-style pod: a /128, nothing on-link, no default route on this NIC. */
 function slash128(over: Partial<Ipv6Identity> = {}): Ipv6Identity {
