@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { applyPlan, kernel, undoSteps, type Effects, type Fault } from './journal/apply.ts';
 import { discover } from './pod/discover.ts';
-import { takeObservation } from './pod/prefetch.ts';
+import { takeObservation, takeProbe } from './pod/prefetch.ts';
 import { PodtapError } from './errors.ts';
 import { Journal, Lock } from './journal/journal.ts';
 import { openStateDir, removeStateFile } from './journal/statedir.ts';
@@ -229,7 +229,7 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
     // podtap needs while `ip` reads the namespace.
     const nativeP = loadNative();
     nativeP.catch(() => {});
-    const probeP = probeNft();
+    const probeP = takeProbe() ?? probeNft();
     probeP.catch(() => {});
     const { pod, observed } = await discover(
       { ...(opts.interfaces ? { interfaces: opts.interfaces } : {}), ...(opts.force ? { force: true } : {}), resolvConf: opts.resolvConf, resolvConfRequired: opts.resolvConf !== '/etc/resolv.conf' },

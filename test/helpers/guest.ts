@@ -102,9 +102,11 @@ dhcp6() {
   mkdir -p /var/lib/dhcpcd /run/dhcpcd
   dhcpcd -6 -B -f /etc/dhcpcd.conf -c /etc/podtap-dhcpcd "$nic" > /run/dhcpcd.log 2>&1 &
   i=0
-  while [ -z "$(ip -6 addr show dev "$nic" scope global)" ] || [ -z "$(ip -6 route show default)" ]; do
+  # The address shows before dhcpcd's hook has reported the binding: wait
+  # for the hook too, or the report (and power-off) would cut it short.
+  while [ -z "$(ip -6 addr show dev "$nic" scope global)" ] || [ -z "$(ip -6 route show default)" ] || [ ! -e /run/bound6 ]; do
     if [ "$i" -ge $((v6wait * 10)) ]; then
-      say error "dhcpcd: no IPv6 address and default route after \${v6wait}s"
+      say error "dhcpcd: no IPv6 address, default route and reported DHCPv6 binding after \${v6wait}s"
       while IFS= read -r l; do say dhcpcd-log "$l"; done < /run/dhcpcd.log
       return
     fi
@@ -297,6 +299,7 @@ case "$reason" in
     } | awk '!seen[$0]++' > /run/resolv6 ;;
 esac
 say dhcp6-end "$n" "$reason"
+case "$reason" in BOUND6|REBOOT6) : > /run/bound6 ;; esac
 `;
 
 // ipv6only: IPv4 stays udhcpc's (podtap.net), as before.
