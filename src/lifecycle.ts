@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { applyPlan, kernel, undoSteps, type Effects, type Fault } from './journal/apply.ts';
 import { discover } from './pod/discover.ts';
-import { takeObservation, takeProbe } from './pod/prefetch.ts';
+import { takeObservation } from './pod/prefetch.ts';
 import { PodtapError } from './errors.ts';
 import { Journal, Lock } from './journal/journal.ts';
 import { openStateDir, removeStateFile } from './journal/statedir.ts';
@@ -226,10 +226,13 @@ export async function setUp(opts: Options, log: Logger, fault: Fault | undefined
 
     const t1 = performance.now();
     // The native addon (for the TAP) loads and nft proves it can load what
-    // podtap needs while `ip` reads the namespace.
+    // podtap needs while `ip` reads the namespace. The probe starts only
+    // now, once the options, the lock and the state dir have passed: its
+    // check-mode tables are briefly visible to `nft list ruleset`, and a
+    // refused command must leave no trace at all.
     const nativeP = loadNative();
     nativeP.catch(() => {});
-    const probeP = takeProbe() ?? probeNft();
+    const probeP = probeNft();
     probeP.catch(() => {});
     const { pod, observed } = await discover(
       { ...(opts.interfaces ? { interfaces: opts.interfaces } : {}), ...(opts.force ? { force: true } : {}), resolvConf: opts.resolvConf, resolvConfRequired: opts.resolvConf !== '/etc/resolv.conf' },
