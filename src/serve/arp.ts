@@ -3,9 +3,7 @@
 // gateway) takes it as on-link and asks for it there; nothing but podtap
 // can answer, and the guard keeps the question from the node.
 
-import { formatMac, macBytes } from './frames.ts';
-
-const ARP = 0x0806;
+import { ETHERTYPE_ARP as ARP, formatMac, macBytes } from './frames.ts';
 
 /** The reply to the VM's request for `serverId`, or undefined when the frame is anything else. */
 export function answerArp(frame: Buffer, s: { serverId: number; serverMac: string; vmMac: string }): Buffer | undefined {

@@ -70,39 +70,39 @@ const UNTAGGED = [{ op: LDW_ABS, k: VLAN_TAG_PRESENT }, { op: JEQ, k: 0, f: 'rej
  */
 export function serverFilter(serverId?: number): BpfInsn[] {
   return assemble([
-  ...UNTAGGED,
-  { op: LDH_ABS, k: 12 },
-  { op: JEQ, k: 0x0800, t: 'v4' },
-  { op: JEQ, k: 0x86dd, t: 'v6', f: serverId === undefined ? 'reject' : 'arp' },
-  { label: 'v4' },
-  { op: LDB_ABS, k: 23 },
-  { op: JEQ, k: 17, f: 'reject' },
-  { op: LDH_ABS, k: 20 },
-  { op: JSET, k: 0x3fff, t: 'reject' }, // more fragments, or an offset: a fragment
-  { op: LDXB_MSH, k: 14 },
-  { op: LDH_IND, k: 16 },
-  { op: JEQ, k: 67, t: 'accept', f: 'reject' },
-  { label: 'v6' },
-  { op: LDB_ABS, k: 20 },
-  { op: JEQ, k: 17, f: 'icmp6' },
-  { op: LDH_ABS, k: 56 },
-  { op: JEQ, k: 547, t: 'accept', f: 'reject' },
-  { label: 'icmp6' },
-  { op: JEQ, k: 58, f: 'reject' },
-  { op: LDB_ABS, k: 54 },
-  { op: JEQ, k: 133, t: 'accept' },
-  { op: JEQ, k: 135, t: 'accept', f: 'reject' },
-  ...(serverId === undefined
-    ? []
-    : [
-        { label: 'arp' },
-        { op: JEQ, k: 0x0806, f: 'reject' },
-        { op: LDH_ABS, k: 20 }, // operation: a request
-        { op: JEQ, k: 1, f: 'reject' },
-        { op: LDW_ABS, k: 38 }, // the address asked for
-        { op: JEQ, k: serverId >>> 0, t: 'accept', f: 'reject' },
-      ]),
-  ...ACCEPT,
+    ...UNTAGGED,
+    { op: LDH_ABS, k: 12 },
+    { op: JEQ, k: 0x0800, t: 'v4' },
+    { op: JEQ, k: 0x86dd, t: 'v6', f: serverId === undefined ? 'reject' : 'arp' },
+    { label: 'v4' },
+    { op: LDB_ABS, k: 23 },
+    { op: JEQ, k: 17, f: 'reject' },
+    { op: LDH_ABS, k: 20 },
+    { op: JSET, k: 0x3fff, t: 'reject' }, // more fragments, or an offset: a fragment
+    { op: LDXB_MSH, k: 14 },
+    { op: LDH_IND, k: 16 },
+    { op: JEQ, k: 67, t: 'accept', f: 'reject' },
+    { label: 'v6' },
+    { op: LDB_ABS, k: 20 },
+    { op: JEQ, k: 17, f: 'icmp6' },
+    { op: LDH_ABS, k: 56 },
+    { op: JEQ, k: 547, t: 'accept', f: 'reject' },
+    { label: 'icmp6' },
+    { op: JEQ, k: 58, f: 'reject' },
+    { op: LDB_ABS, k: 54 },
+    { op: JEQ, k: 133, t: 'accept' },
+    { op: JEQ, k: 135, t: 'accept', f: 'reject' },
+    ...(serverId === undefined
+      ? []
+      : [
+          { label: 'arp' },
+          { op: JEQ, k: 0x0806, f: 'reject' },
+          { op: LDH_ABS, k: 20 }, // operation: a request
+          { op: JEQ, k: 1, f: 'reject' },
+          { op: LDW_ABS, k: 38 }, // the address asked for
+          { op: JEQ, k: serverId >>> 0, t: 'accept', f: 'reject' },
+        ]),
+    ...ACCEPT,
   ]);
 }
 
