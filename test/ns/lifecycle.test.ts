@@ -54,12 +54,15 @@ for (const shape of ALL_SHAPES) {
         killed.proc.kill('SIGKILL');
         await killed.proc;
         expect(diffSnapshots(before, await snapshot(pod.pod))).not.toEqual([]);
+        // A dead podtap leaves its readiness file and status socket behind.
+        expect(readdirSync(killed.stateDir).filter((f) => f === 'ready' || f === 'status.sock').sort()).toEqual(['ready', 'status.sock']);
         const down = await podtapIn(pod, ['down', '--state-dir', killed.stateDir]);
         expect(down.exitCode, down.stderr).toBe(0);
         expect(down.stderr).toMatch(RESTORED);
         expect(diffSnapshots(before, await snapshot(pod.pod))).toEqual([]);
-        // No journal, no lock, and no readiness file claiming the network is up.
-        expect(readdirSync(killed.stateDir).filter((f) => /^(journal\.json|lock|ready)$/.test(f))).toEqual([]);
+        // No journal, no lock, no readiness file claiming the network is up,
+        // and no status socket nobody answers on.
+        expect(readdirSync(killed.stateDir)).toEqual([]);
         const again = await podtapIn(pod, ['down', '--state-dir', killed.stateDir]);
         expect(again.exitCode, again.stderr).toBe(0);
         expect(again.stderr).toMatch(/nothing to restore/);
